@@ -1,0 +1,16 @@
+"""recpeft: parameter-efficient fine-tuning of decoder LLMs for recommendation."""
+
+__version__ = "0.1.0"
+
+from .config import TrainConfig, build_config  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+
+def train(cfg: "TrainConfig", **kwargs):
+    """Train an adapter; see recpeft.trainer.train."""
+    from .trainer import train as _train
+
+    return _train(cfg, **kwargs)
+
+
+__all__ = ["TrainConfig", "UserError", "build_config", "train", "__version__"]

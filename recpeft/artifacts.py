@@ -1,0 +1,113 @@
+"""The adapter directory contract, written atomically.
+
+adapters/<domain>/ holds exactly: adapter_model.safetensors, adapter_config.json (peft's own, so
+`peft.PeftModel.from_pretrained` loads it), recpeft.json (what recpeft needs to use it) and README.md
+(model card). Never base weights, never optimiser state. The folder is built as a temporary sibling
+and renamed into place, so a crash leaves either the old complete adapter or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", "recpeft.json", "README.md"}
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work if the adapter folder could not be written. Creates nothing."""
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("output path exists and is not a folder", str(out_dir))
+    try:  # a real probe: os.access says yes to root even on read-only mounts
+        if not probe.is_dir():
+            raise OSError(f"{probe} is not a folder")
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError:
+        raise UserError("output folder is not writable", str(out_dir)) from None
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "recpeft.json").is_file():
+        raise UserError("output folder exists, is not empty and holds no recpeft adapter; "
+                        "refusing to replace it", str(out_dir))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_adapter_dir(peft_model, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
+        write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})
+        extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
+        for name in extra:  # keep the contract exact whatever the peft version adds
+            shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_meta(adapter_dir: Path) -> dict[str, Any]:
+    path = Path(adapter_dir) / "recpeft.json"
+    if not path.is_file():
+        raise UserError("not a recpeft adapter folder (no recpeft.json)", str(adapter_dir))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed JSON: {exc.msg}", f"{path}:{exc.lineno}") from None
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    m, base = meta.get("metrics", {}), meta["base_model"]
+    rows = "\n".join(
+        f"| {split} | {m.get(f'{split}_auc_base', float('nan')):.4f} | {m.get(f'{split}_auc', float('nan')):.4f} | {m.get(f'{split}_n', 0)} |"
+        for split in ("valid", "test")
+    )
+    return f"""# recpeft adapter: {meta['domain']} / {meta['task']} / {meta['method']}
+
+A {meta['method'].upper()} adapter for `{base['name']}` (fingerprint `{base['fingerprint']}`), trained by
+recpeft {meta.get('recpeft_version', '')} to predict whether a user will {meta['positive_verb']} an item
+from their recent history (TALLRec-style Yes/No prompt, template `{meta['prompt_template']}`).
+
+| split | AUC untrained base | AUC with adapter | examples |
+|---|---|---|---|
+{rows}
+
+Data: `{meta['data']['name']}` (fingerprint `{meta['data']['fingerprint']}`); best step {m.get('best_step')}
+of {m.get('steps')}; trainable parameters {meta.get('trainable_parameters')}.
+
+Load it with recpeft's API, or with plain peft:
+
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+base = AutoModelForCausalLM.from_pretrained("<base model folder>")
+model = PeftModel.from_pretrained(base, "<this folder>")
+```
+"""

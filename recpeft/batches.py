@@ -1,0 +1,97 @@
+"""Tokenise examples once, then batch them by length with left padding (no fixed max_length).
+
+Left padding puts every row's answer position last, so one `logits_to_keep=1` forward serves a whole
+batch; explicit position ids keep a padded row's logits equal to the unpadded row's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .data.schema import RecData
+from .domains import Domain
+from .prompts import render, user_message
+from .tasks import Example
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    label: int
+
+
+def encode(examples: list[Example], data: RecData, domain: Domain, tokenizer, history_len: int,
+           max_length: int) -> list[Encoded]:
+    """Render and tokenise each example; drop the oldest history items until it fits max_length."""
+    out = []
+    for ex in examples:
+        n = history_len
+        while True:
+            text = render(tokenizer, user_message(ex.prompt(data, n), domain))
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= max_length or n == 0:
+                break
+            n -= 1
+        out.append(Encoded(ids[-max_length:], ex.label))
+    return out
+
+
+class LengthBucketSampler:
+    """Batches of similar length. Shuffled (seeded, per epoch) for training, sorted for evaluation."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0):
+        self.lengths, self.batch_size, self.shuffle, self.seed, self.epoch = lengths, batch_size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+            # sort within windows of 50 batches: similar lengths together, different every epoch
+            window = self.batch_size * 50
+            order = [i for s in range(0, len(order), window)
+                     for i in sorted(order[s:s + window], key=self.lengths.__getitem__)]
+        else:
+            order.sort(key=self.lengths.__getitem__)
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def collate(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
+        mask[i, width - len(r.input_ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    labels = torch.tensor([r.label for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[Encoded]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Encoded:
+        return self.rows[i]
+
+
+def loader(rows: list[Encoded], batch_size: int, shuffle: bool, pad_id: int, seed: int = 0):
+    sampler = LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle, seed)
+    return torch.utils.data.DataLoader(EncodedDataset(rows), batch_sampler=sampler,
+                                       collate_fn=lambda b: collate(b, pad_id))

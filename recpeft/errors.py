@@ -1,0 +1,15 @@
+"""One exception type for mistakes a user can fix: the CLI prints it as one line and exits 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (flag, file, config, data), not a bug in recpeft.
+
+    `where` is "file:line" (or just "file") when the problem has a location.
+    """
+
+    def __init__(self, message: str, where: str | None = None):
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)

@@ -1,0 +1,1 @@
+"""Parameter-efficient methods. Each module offers attach(model, cfg, targets) -> wrapped model."""

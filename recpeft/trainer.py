@@ -1,0 +1,180 @@
+"""The training loop: LoRA on a frozen base, inside an accelerate.Accelerator.
+
+Loss = cross-entropy over the Yes/No logits at the answer position: the same quantity that scoring
+turns into a probability, and the only logits the step computes. Evaluation every `eval_every`
+optimiser steps on a fixed validation subset drawn from a LATER time slice than training; the best
+adapter (by validation AUC) is kept and early stopping ends a run that stopped improving.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from . import __version__
+from .artifacts import check_writable, model_card, save_adapter_dir
+from .batches import encode, loader
+from .config import TrainConfig
+from .data.csvdir import load_data
+from .domains import get_domain
+from .methods import lora
+from .metrics import auc
+from .models import default_targets, fingerprint, load_base
+from .prompts import TEMPLATE_ID, answer_token_ids
+from .scoring import answer_logits, score
+from .tasks import preference_examples, subsample
+
+
+@dataclass
+class TrainResult:
+    output_dir: str | None
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # training loss of every micro-batch, in order
+    model: Any = None  # the trained peft model (best weights restored), for callers that keep going
+    tokenizer: Any = None
+
+
+def _threads(cfg: TrainConfig, num_processes: int) -> int:
+    return cfg.threads or max(1, (os.cpu_count() or 1) // num_processes)
+
+
+def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> TrainResult:
+    start = time.time()
+    domain = get_domain(cfg.domain)
+    out_dir = cfg.resolved_output_dir()
+    if save:
+        check_writable(out_dir)
+    data = load_data(cfg.domain, cfg.data)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    main = accelerator.is_main_process
+    torch.set_num_threads(_threads(cfg, accelerator.num_processes))
+    set_seed(cfg.seed)
+
+    model, tok, source = load_base(cfg.model)
+    answer_ids = answer_token_ids(tok)
+    splits = preference_examples(data)
+    enc = lambda xs: encode(xs, data, domain, tok, cfg.history_len, cfg.max_length)  # noqa: E731
+    train_rows = enc(splits["train"])
+    valid_rows = enc(subsample(splits["valid"], cfg.eval_samples, cfg.seed))
+    test_rows = enc(subsample(splits["test"], cfg.test_samples, cfg.seed))
+    if not train_rows or not valid_rows:
+        from .errors import UserError
+        raise UserError(f"data '{data.name}' yields {len(train_rows)} training and {len(valid_rows)} validation "
+                        "examples; need users with at least 5 interactions")
+
+    targets = cfg.target_modules or default_targets(model)
+    model = lora.attach(model, cfg, targets)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+
+    train_loader = loader(train_rows, cfg.batch_size, shuffle=True, pad_id=tok.pad_token_id, seed=cfg.seed)
+    sampler = train_loader.batch_sampler  # kept: accelerate wraps it, set_epoch must reach it
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))  # per process, after sharding
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    # Not prepared by accelerate on purpose: stepped once per optimiser step, whatever the process count.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    if main:
+        eff = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+        print(f"[recpeft] {cfg.domain}: {len(train_rows)} train / {len(valid_rows)} valid / {len(test_rows)} test "
+              f"examples; LoRA r={cfg.lora_r} on {','.join(targets)}: {n_trainable:,} trainable of {n_total:,} "
+              f"parameters; {total_steps} steps, effective batch {eff} ({accelerator.num_processes} process(es))",
+              flush=True)
+
+    def evaluate(rows, what: str) -> float:
+        bar = tqdm(total=len(rows), desc=f"eval {what}", leave=False, disable=not (main and show_progress))
+        probs = score(accelerator.unwrap_model(model), rows, answer_ids, tok.pad_token_id,
+                      batch_size=cfg.batch_size * 2, device=accelerator.device, progress=bar)
+        bar.close()
+        return auc([r.label for r in rows], probs)
+
+    base_valid = evaluate(valid_rows, "valid (untrained)")
+    base_test = evaluate(test_rows, "test (untrained)") if test_rows else math.nan
+    best_auc, best_step, bad_evals = base_valid, 0, 0
+    best_state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    history = [{"step": 0, "valid_auc": base_valid}]
+
+    step, stop, running = 0, False, []
+    bar = tqdm(total=total_steps, desc=f"train {cfg.domain}", disable=not (main and show_progress))
+    model.train()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                logits = answer_logits(model, batch, answer_ids)
+                loss = F.cross_entropy(logits, batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            running.append(loss.item())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}")
+            if step % cfg.eval_every == 0 or step == total_steps:
+                valid_auc = evaluate(valid_rows, f"valid @ {step}")
+                history.append({"step": step, "valid_auc": valid_auc, "loss": sum(running[-20:]) / len(running[-20:])})
+                if main:
+                    bar.write(f"[recpeft] step {step}: loss {history[-1]['loss']:.4f}  valid AUC {valid_auc:.4f}")
+                if valid_auc > best_auc:
+                    best_auc, best_step, bad_evals = valid_auc, step, 0
+                    best_state = {n: p.detach().clone() for n, p in
+                                  accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+                else:
+                    bad_evals += 1
+                    stop = cfg.patience > 0 and bad_evals >= cfg.patience
+            if stop or step >= total_steps:
+                break
+        if stop or step >= total_steps:
+            break
+    bar.close()
+
+    final = accelerator.unwrap_model(model)
+    with torch.no_grad():
+        for n, p in final.named_parameters():
+            if n in best_state:
+                p.copy_(best_state[n])
+    test_auc = evaluate(test_rows, "test (adapter)") if test_rows else math.nan
+    metrics = {
+        "valid_auc_base": base_valid, "valid_auc": best_auc, "valid_n": len(valid_rows),
+        "test_auc_base": base_test, "test_auc": test_auc, "test_n": len(test_rows),
+        "best_step": best_step, "steps": step, "train_examples": len(train_rows),
+        "seconds": round(time.time() - start, 1), "early_stopped": stop,
+    }
+    written = None
+    if save and main:
+        meta = {
+            "recpeft_version": __version__, "domain": cfg.domain, "method": cfg.method, "task": cfg.task,
+            "positive_verb": domain.positive_verb, "prompt_template": TEMPLATE_ID,
+            "verbalizer": {"answers": ["No", "Yes"], "token_ids": answer_ids},
+            "base_model": {"name": cfg.model, "source": source, "fingerprint": fingerprint(final.config, tok),
+                           "architecture": final.config.model_type},
+            "target_modules": targets, "trainable_parameters": n_trainable,
+            "data": {"name": data.name, "fingerprint": data.fingerprint()},
+            "train_config": cfg.to_dict(), "metrics": metrics, "history": history,
+        }
+        written = str(save_adapter_dir(final, out_dir, meta, model_card(meta)))
+    accelerator.wait_for_everyone()
+    metrics["seconds"] = round(time.time() - start, 1)
+    return TrainResult(written, metrics, history, running, final, tok)

@@ -1,0 +1,55 @@
+"""Fixtures: a tiny random llama-family decoder with a word-level tokenizer, built offline from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """Save a 2-layer llama with a word-level vocabulary covering the embedded samples' text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from recpeft.data.csvdir import load_sample
+    from recpeft.domains import DOMAINS
+
+    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?"]
+    for name, dom in DOMAINS.items():
+        data = load_sample(name)
+        texts += [i.text() for i in data.items.values()]
+        texts.append(f"{dom.liked_word} {dom.disliked_word} Will the user {dom.positive_verb} this {dom.item_noun} "
+                     f"{dom.item_noun.capitalize()} You are a recommender system. Answer with Yes or No.")
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=None,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch) -> Path:
+    """Run in an empty folder with a private RECPEFT_HOME, so nothing leaks between tests."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECPEFT_HOME", str(tmp_path / "home"))
+    return tmp_path
