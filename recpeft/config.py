@@ -31,7 +31,7 @@ class TrainConfig:
     output_dir: str | None = None  # None = adapters/<domain>
     task: str = "preference"
     # optimisation
-    max_steps: int = 120  # > 0 caps the run; 0 = run `epochs` full passes
+    max_steps: int = 48  # > 0 caps the run; 0 = run `epochs` full passes
     epochs: int = 1
     batch_size: int = 8
     grad_accum: int = 1
@@ -46,12 +46,12 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None  # None = per-architecture default (models.default_targets)
     # prompts
-    history_len: int = 10
+    history_len: int = 6  # TALLRec uses 10; 6 keeps the default run within minutes on a 2-core CPU
     max_length: int = 320
     # evaluation and early stopping
-    eval_every: int = 40
-    eval_samples: int = 160  # validation examples scored at each evaluation (0 = all)
-    test_samples: int = 200  # test examples scored in the final summary (0 = all)
+    eval_every: int = 24
+    eval_samples: int = 128  # validation examples scored at each evaluation (0 = all)
+    test_samples: int = 128  # test examples scored in the final summary (0 = all)
     patience: int = 3  # evaluations without a better validation AUC before stopping (0 = never)
     # runtime
     threads: int = 0  # torch threads per process; 0 = all cores / processes

@@ -8,6 +8,7 @@ adapter (by validation AUC) is kept and early stopping ends a run that stopped i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -97,15 +98,18 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
               f"parameters; {total_steps} steps, effective batch {eff} ({accelerator.num_processes} process(es))",
               flush=True)
 
-    def evaluate(rows, what: str) -> float:
+    def evaluate(rows, what: str, base: bool = False) -> float:
         bar = tqdm(total=len(rows), desc=f"eval {what}", leave=False, disable=not (main and show_progress))
-        probs = score(accelerator.unwrap_model(model), rows, answer_ids, tok.pad_token_id,
-                      batch_size=cfg.batch_size * 2, device=accelerator.device, progress=bar)
+        peft_model = accelerator.unwrap_model(model)
+        # The untrained adapter is a no-op (LoRA B = 0); disabling it skips its extra matmuls.
+        with peft_model.disable_adapter() if base else contextlib.nullcontext():
+            probs = score(peft_model, rows, answer_ids, tok.pad_token_id,
+                          batch_size=cfg.batch_size * 2, device=accelerator.device, progress=bar)
         bar.close()
         return auc([r.label for r in rows], probs)
 
-    base_valid = evaluate(valid_rows, "valid (untrained)")
-    base_test = evaluate(test_rows, "test (untrained)") if test_rows else math.nan
+    base_valid = evaluate(valid_rows, "valid (untrained)", base=True)
+    base_test = evaluate(test_rows, "test (untrained)", base=True) if test_rows else math.nan
     best_auc, best_step, bad_evals = base_valid, 0, 0
     best_state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     history = [{"step": 0, "valid_auc": base_valid}]

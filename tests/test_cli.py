@@ -69,3 +69,53 @@ def test_user_errors_are_one_clean_line(case, tmp_path):
     assert "Traceback" not in out.stderr
     assert files_under(work) == before
     assert not (tmp_path / "home").exists()
+
+
+TINY_FLAGS = ["--max-steps", "2", "--batch-size", "4", "--eval-every", "2", "--eval-samples", "8",
+              "--test-samples", "8", "--threads", "1"]
+
+
+def test_train_prints_a_summary_and_writes_the_adapter(tmp_path, tiny_model):
+    out = run_cli("train", "--domain", "video", "--model", str(tiny_model), *TINY_FLAGS, cwd=tmp_path,
+                  env_home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    assert "AUC base" in out.stdout and "adapter written to adapters/video/" in out.stdout
+    assert (tmp_path / "adapters" / "video" / "adapter_model.safetensors").is_file()
+
+
+def test_yaml_config_is_read_and_flags_override_it(tmp_path, tiny_model):
+    (tmp_path / "run.yaml").write_text(f"domain: ecommerce\nmodel: {tiny_model}\nlr: 0.01\nmax_steps: 50\n")
+    out = run_cli("train", "--config", "run.yaml", "--output-dir", "out", *TINY_FLAGS, cwd=tmp_path,
+                  env_home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    cfg = json.loads((tmp_path / "out" / "recpeft.json").read_text())["train_config"]
+    assert cfg["domain"] == "ecommerce" and cfg["lr"] == 0.01 and cfg["max_steps"] == 2
+
+
+def test_runs_under_accelerate_launch(tmp_path, tiny_model):
+    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home"), "ACCELERATE_USE_CPU": "true"}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "recpeft", "train", "--model", str(tiny_model), "-o", "acc", *TINY_FLAGS],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "acc" / "recpeft.json").is_file()
+
+
+def test_models_list_and_a_failed_fetch(tmp_path):
+    listed = run_cli("models", "list", "--json", cwd=tmp_path, env_home=tmp_path / "home")
+    assert listed.returncode == 0
+    import json
+
+    rows = json.loads(listed.stdout)
+    assert rows[0]["name"] == "smollm2-135m" and rows[0]["cached"] is False
+    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    out = subprocess.run([sys.executable, "-m", "recpeft", "models", "pull"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("recpeft: error: could not fetch the default model") and "--model PATH_OR_HUB_ID" in last
+    assert "Traceback" not in out.stderr
+    assert not list((tmp_path / "home" / "models").glob("*"))  # no half-converted model left behind
