@@ -49,7 +49,7 @@ def train(
     lora_r: Optional[int] = _opt(_D.lora_r, "LoRA rank.", "--lora-r"),
     lora_alpha: Optional[int] = _opt(_D.lora_alpha, "LoRA alpha (scale = alpha / r).", "--lora-alpha"),
     lora_dropout: Optional[float] = _opt(_D.lora_dropout, "LoRA dropout.", "--lora-dropout"),
-    target_modules: Optional[str] = _opt("all attention projections", "Comma-separated module names to adapt.",
+    target_modules: Optional[str] = _opt("q_proj,v_proj (per architecture)", "Comma-separated module names to adapt.",
                                          "--target-modules"),
     history_len: Optional[int] = _opt(_D.history_len, "Most recent history items in a prompt.", "--history-len"),
     eval_every: Optional[int] = _opt(_D.eval_every, "Evaluate on validation every N steps.", "--eval-every"),

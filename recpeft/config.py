@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0

@@ -171,9 +171,10 @@ def fingerprint(model_config, tokenizer) -> str:
 
 
 def default_targets(model) -> list[str]:
-    """LoRA target modules that exist in common decoder families."""
+    """LoRA target modules of common decoder families: the query and value projections (the LoRA
+    paper's choice), which keeps a SmolLM2-135M adapter under 1% of the base model's bytes."""
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    for family in (["q_proj", "k_proj", "v_proj", "o_proj"], ["c_attn", "c_proj"], ["query_key_value", "dense"]):
+    for family in (["q_proj", "v_proj"], ["c_attn"], ["query_key_value"]):
         if all(f in names for f in family):
             return family
     raise UserError("cannot pick default LoRA target modules for this architecture; pass --target-modules")

@@ -24,7 +24,7 @@ DAY = 86400
 
 N_USERS, PER_THEME = 300, 30
 LIKED_SHARE = 0.55  # share of a user's picks drawn from their liked themes; the rest anywhere
-AFFINITY, QUALITY, NOISE = 1.3, 0.4, 0.72  # latent score = AFFINITY*theme + QUALITY*item + NOISE*eps
+AFFINITY, QUALITY, NOISE = 1.3, 0.3, 0.45  # latent score = AFFINITY*theme + QUALITY*item + NOISE*eps
 CUTS = (-0.4, 0.2, 0.85, 1.7)  # latent score -> rating 1..5; rating >= 4 (score > 0.85) is a like
 TEST_LAST = 4  # the check scores each user's last 4 interactions
 
