@@ -13,4 +13,11 @@ def train(cfg: "TrainConfig", **kwargs):
     return _train(cfg, **kwargs)
 
 
-__all__ = ["TrainConfig", "UserError", "build_config", "train", "__version__"]
+def load_adapter(base, folder):
+    """Attach a saved adapter (LoRA, AdaLoRA or bottleneck Adapter) to a loaded base model."""
+    from .methods import load_adapter as _load
+
+    return _load(base, folder)
+
+
+__all__ = ["TrainConfig", "UserError", "build_config", "load_adapter", "train", "__version__"]

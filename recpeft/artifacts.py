@@ -49,12 +49,13 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_adapter_dir(peft_model, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
+def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
+    """save_weights(folder) writes adapter_model.safetensors + adapter_config.json into folder."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        peft_model.save_pretrained(tmp, safe_serialization=True)
+        save_weights(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
         write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})
         extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
@@ -91,7 +92,7 @@ def model_card(meta: dict[str, Any]) -> str:
     )
     return f"""# recpeft adapter: {meta['domain']} / {meta['task']} / {meta['method']}
 
-A {meta['method'].upper()} adapter for `{base['name']}` (fingerprint `{base['fingerprint']}`), trained by
+A {meta['method']} adapter for `{base['name']}` (fingerprint `{base['fingerprint']}`), trained by
 recpeft {meta.get('recpeft_version', '')} to predict whether a user will {meta['positive_verb']} an item
 from their recent history (TALLRec-style Yes/No prompt, template `{meta['prompt_template']}`).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,25 @@ def train(
     patience: Optional[int] = _opt(_D.patience, "Stop after N evaluations without a better validation AUC "
                                    "(0 = never).", "--patience"),
     threads: Optional[int] = _opt("cores / processes", "Torch CPU threads per process.", "--threads"),
+    init_r: Optional[int] = _opt(_D.init_r, "AdaLoRA: initial rank of every adapted layer.", "--init-r"),
+    target_r: Optional[int] = _opt(_D.target_r, "AdaLoRA: average rank the budget is pruned to.", "--target-r"),
+    tinit: Optional[int] = _opt("10% of steps", "AdaLoRA: warm-up steps before pruning.", "--tinit"),
+    tfinal: Optional[int] = _opt("20% of steps", "AdaLoRA: final steps at the fixed budget.", "--tfinal"),
+    delta_t: Optional[int] = _opt(_D.delta_t, "AdaLoRA: steps between budget allocations.", "--delta-t"),
+    orth_reg_weight: Optional[float] = _opt(_D.orth_reg_weight, "AdaLoRA: orthogonality penalty weight.",
+                                            "--orth-reg-weight"),
+    reduction_factor: Optional[int] = _opt(_D.reduction_factor, "Adapter: bottleneck = hidden size / this.",
+                                           "--reduction-factor"),
+    non_linearity: Optional[str] = _opt(_D.non_linearity, "Adapter: relu, gelu, silu or tanh.", "--non-linearity"),
+    placement: Optional[str] = _opt(_D.placement, "Adapter: houlsby (after attention and MLP) or pfeiffer "
+                                    "(after the MLP only).", "--placement"),
+    bits: Optional[int] = _opt("8 on CUDA, 32 on CPU", "Base precision: 32, 16 (bf16), 8 or 4 (bitsandbytes).",
+                               "--bits"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                          help="Recompute activations in backward to save memory "
+                                                          "[default: off]", show_default=False),
+    num_processes: Optional[int] = _opt(_D.num_processes, "Processes for data-parallel training (one per GPU; "
+                                        "gloo DDP on CPU), launched through accelerate.", "--num-processes"),
 ) -> None:
     """Fine-tune an adapter for one domain and save it under adapters/<domain>/.
 
@@ -71,8 +91,14 @@ def train(
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
         eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, patience=patience,
-        threads=threads,
+        threads=threads, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, delta_t=delta_t,
+        orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
+        placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,
     )
+    if cfg.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from .launch import launch
+
+        sys.exit(launch(cfg))
     from .trainer import train as run_training
 
     result = run_training(cfg)

@@ -17,7 +17,8 @@ import yaml
 from .errors import UserError
 
 DOMAINS = ("ecommerce", "video", "news")
-METHODS = ("lora",)
+METHODS = ("lora", "adalora", "adapter")
+BITS = (0, 4, 8, 16, 32)
 
 
 @dataclass
@@ -45,6 +46,22 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None  # None = per-architecture default (models.default_targets)
+    # AdaLoRA (peft): ranks start at init_r and are pruned towards an average of target_r between
+    # tinit and total - tfinal steps; 0 for tinit/tfinal = 10% / 20% of the run
+    init_r: int = 12
+    target_r: int = 4
+    tinit: int = 0
+    tfinal: int = 0
+    delta_t: int = 1
+    orth_reg_weight: float = 0.5
+    # Houlsby bottleneck adapter (recpeft's own)
+    reduction_factor: int = 16
+    non_linearity: str = "relu"
+    placement: str = "houlsby"  # houlsby: after attention and MLP; pfeiffer: after the MLP only
+    # precision and processes
+    bits: int = 0  # 0 = auto: 8 on CUDA (bitsandbytes), 32 on CPU; or 4, 8, 16 (bf16), 32
+    gradient_checkpointing: bool = False
+    num_processes: int = 1
     # prompts
     history_len: int = 6  # TALLRec uses 10; 6 keeps the default run within minutes on a 2-core CPU
     max_length: int = 320
@@ -72,8 +89,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, 2**32 - 1), "lora_r": (1, 4096), "lora_alpha": (1, None), "lora_dropout": (0.0, 0.99),
     "history_len": (1, 200), "max_length": (32, 1_000_000), "eval_every": (1, None),
     "eval_samples": (0, None), "test_samples": (0, None), "patience": (0, None), "threads": (0, 1024),
+    "init_r": (1, 4096), "target_r": (1, 4096), "tinit": (0, None), "tfinal": (0, None), "delta_t": (1, None),
+    "orth_reg_weight": (0.0, None), "reduction_factor": (1, 4096), "num_processes": (1, 1024),
 }
-CHOICES = {"domain": DOMAINS, "method": METHODS, "task": ("preference",)}
+CHOICES = {"domain": DOMAINS, "method": METHODS, "task": ("preference",), "bits": BITS,
+           "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer")}
 
 
 def did_you_mean(word: str, options) -> str:
@@ -87,12 +107,16 @@ def _check_value(name: str, value: Any, where: str | None) -> Any:
         if name in ("data", "output_dir", "target_modules"):
             return None
         raise UserError(f"'{name}' must not be empty", where)
-    kind = {"int": int, "float": float, "str": str}.get(str(FIELDS[name].type).split(" ")[0], None)
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(FIELDS[name].type).split(" ")[0], None)
     if name == "target_modules":
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             raise UserError("'target_modules' must be a non-empty list of module names", where)
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"'{name}' must be true or false, got {value!r}", where)
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -109,10 +133,9 @@ def _check_value(name: str, value: Any, where: str | None) -> Any:
             bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
             raise UserError(f"'{name}' must be {bounds}, got {value!r}", where)
     if name in CHOICES and value not in CHOICES[name]:
+        options = [str(c) for c in CHOICES[name]]
         raise UserError(
-            f"unknown {name} '{value}'{did_you_mean(value, CHOICES[name])}; choose from {', '.join(CHOICES[name])}",
-            where,
-        )
+            f"unknown {name} '{value}'{did_you_mean(str(value), options)}; choose from {', '.join(options)}", where)
     return value
 
 

@@ -144,15 +144,34 @@ def load_tokenizer(source: str):
     return tok
 
 
-def load_base(name_or_path: str, dtype=None):
-    """Load the frozen base causal LM and its tokenizer. Returns (model, tokenizer, source)."""
+def resolve_bits(bits: int) -> int:
+    """0 = auto: 8-bit on CUDA (the mission's configuration), 32-bit on CPU (bitsandbytes is slow there)."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    return bits or (8 if torch.cuda.is_available() else 32)
+
+
+def load_base(name_or_path: str, bits: int = 32, device=None):
+    """Load the frozen base causal LM and its tokenizer. Returns (model, tokenizer, source).
+
+    bits: 32 (fp32), 16 (bf16), 8 or 4 (bitsandbytes int8 / nf4; each process keeps its own quantised
+    copy on its own device).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     source = resolve(name_or_path)
     tok = load_tokenizer(source)
+    kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if bits == 16 else torch.float32}
+    if bits in (4, 8):
+        on_cuda = torch.cuda.is_available()
+        compute = torch.bfloat16 if on_cuda else torch.float32
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute))
+        kwargs["device_map"] = {"": device if device is not None else (0 if on_cuda else "cpu")}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from None
     model.config.use_cache = False

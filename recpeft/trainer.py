@@ -28,9 +28,9 @@ from .batches import encode, loader
 from .config import TrainConfig
 from .data.csvdir import load_data
 from .domains import get_domain
-from .methods import lora
+from .methods import adalora, get_method
 from .metrics import auc
-from .models import default_targets, fingerprint, load_base
+from .models import default_targets, fingerprint, load_base, resolve_bits
 from .prompts import TEMPLATE_ID, answer_token_ids
 from .scoring import answer_logits, score
 from .tasks import preference_examples, subsample
@@ -62,7 +62,17 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
     torch.set_num_threads(_threads(cfg, accelerator.num_processes))
     set_seed(cfg.seed)
 
-    model, tok, source = load_base(cfg.model)
+    method = get_method(cfg.method)
+    bits = resolve_bits(cfg.bits)
+    model, tok, source = load_base(cfg.model, bits=bits, device=accelerator.local_process_index
+                                   if torch.cuda.is_available() else None)
+    if bits in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     answer_ids = answer_token_ids(tok)
     splits = preference_examples(data)
     enc = lambda xs: encode(xs, data, domain, tok, cfg.history_len, cfg.max_length)  # noqa: E731
@@ -75,34 +85,35 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
                         "examples; need users with at least 5 interactions")
 
     targets = cfg.target_modules or default_targets(model)
-    model = lora.attach(model, cfg, targets)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
-
     train_loader = loader(train_rows, cfg.batch_size, shuffle=True, pad_id=tok.pad_token_id, seed=cfg.seed)
     sampler = train_loader.batch_sampler  # kept: accelerate wraps it, set_epoch must reach it
+    # Per process after accelerate shards the batches; AdaLoRA needs the total before attaching.
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / cfg.grad_accum))
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    model = method.attach(model, cfg, targets, total_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))  # per process, after sharding
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
     # Not prepared by accelerate on purpose: stepped once per optimiser step, whatever the process count.
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     if main:
         eff = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
         print(f"[recpeft] {cfg.domain}: {len(train_rows)} train / {len(valid_rows)} valid / {len(test_rows)} test "
-              f"examples; LoRA r={cfg.lora_r} on {','.join(targets)}: {n_trainable:,} trainable of {n_total:,} "
-              f"parameters; {total_steps} steps, effective batch {eff} ({accelerator.num_processes} process(es))",
+              f"examples; {cfg.method} on a {bits}-bit base: {n_trainable:,} trainable of {n_total:,} parameters; "
+              f"{total_steps} steps, effective batch {eff} = {cfg.batch_size} x {cfg.grad_accum} accumulation x "
+              f"{accelerator.num_processes} process(es)",
               flush=True)
 
     def evaluate(rows, what: str, base: bool = False) -> float:
         bar = tqdm(total=len(rows), desc=f"eval {what}", leave=False, disable=not (main and show_progress))
         peft_model = accelerator.unwrap_model(model)
         # The untrained adapter is a no-op (LoRA B = 0); disabling it skips its extra matmuls.
-        with peft_model.disable_adapter() if base else contextlib.nullcontext():
+        with method.disabled(peft_model) if base else contextlib.nullcontext():
             probs = score(peft_model, rows, answer_ids, tok.pad_token_id,
                           batch_size=cfg.batch_size * 2, device=accelerator.device, progress=bar)
         bar.close()
@@ -114,23 +125,29 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
     best_state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     history = [{"step": 0, "valid_auc": base_valid}]
 
-    step, stop, running = 0, False, []
+    step, stop, running, step_seconds = 0, False, [], []
     bar = tqdm(total=total_steps, desc=f"train {cfg.domain}", disable=not (main and show_progress))
     model.train()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for batch in train_loader:
+            tick = time.perf_counter()
             with accelerator.accumulate(model):
                 logits = answer_logits(model, batch, answer_ids)
                 loss = F.cross_entropy(logits, batch["labels"])
+                if hasattr(method, "extra_loss"):
+                    loss = loss + method.extra_loss(accelerator.unwrap_model(model))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
+                    if hasattr(method, "after_step"):  # AdaLoRA: re-allocate the rank budget
+                        method.after_step(accelerator.unwrap_model(model), step + 1)
                 optimizer.zero_grad()
             running.append(loss.item())
+            step_seconds.append(time.perf_counter() - tick)
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -159,13 +176,23 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
         for n, p in final.named_parameters():
             if n in best_state:
                 p.copy_(best_state[n])
+    if cfg.method == "adalora":
+        adalora.apply_rank_pattern(final)  # the saved file holds only the final budget's ranks
     test_auc = evaluate(test_rows, "test (adapter)") if test_rows else math.nan
     metrics = {
         "valid_auc_base": base_valid, "valid_auc": best_auc, "valid_n": len(valid_rows),
         "test_auc_base": base_test, "test_auc": test_auc, "test_n": len(test_rows),
         "best_step": best_step, "steps": step, "train_examples": len(train_rows),
-        "seconds": round(time.time() - start, 1), "early_stopped": stop,
+        "seconds": round(time.time() - start, 1), "early_stopped": stop, "bits": bits,
+        "seconds_per_micro_batch": round(sum(step_seconds) / max(1, len(step_seconds)), 4),
     }
+    # One number per process: the sum of its trainable weights. Equal on every rank = DDP kept them in sync.
+    local = torch.tensor([sum(p.detach().double().sum().item() for p in trainable)], dtype=torch.float64,
+                         device=accelerator.device)
+    metrics["rank_param_sums"] = accelerator.gather(local).tolist()
+    if cfg.method == "adalora":
+        metrics["ranks"] = adalora.ranks(final)
+        metrics["rank_budget"] = {"init": cfg.init_r * len(metrics["ranks"]), "final": sum(metrics["ranks"].values())}
     written = None
     if save and main:
         meta = {
@@ -178,7 +205,8 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
             "data": {"name": data.name, "fingerprint": data.fingerprint()},
             "train_config": cfg.to_dict(), "metrics": metrics, "history": history,
         }
-        written = str(save_adapter_dir(final, out_dir, meta, model_card(meta)))
+        written = str(save_adapter_dir(lambda folder: method.save(final, folder, cfg), out_dir, meta,
+                                       model_card(meta)))
     accelerator.wait_for_everyone()
     metrics["seconds"] = round(time.time() - start, 1)
     return TrainResult(written, metrics, history, running, final, tok)

@@ -52,6 +52,9 @@ CASES = {
     "unknown config key": _typo_yaml,
     "negative lr": (lambda tmp: (["--lr", "-1"], "'lr' must be")),
     "missing data folder": (lambda tmp: (["--data", "nowhere"], "nowhere")),
+    "unknown method": (lambda tmp: (["--method", "adaptr"], "did you mean 'adapter'")),
+    "unsupported bits": (lambda tmp: (["--bits", "7"], "unknown bits '7'")),
+    "bad placement": (lambda tmp: (["--placement", "middle"], "choose from houlsby, pfeiffer")),
 }
 
 

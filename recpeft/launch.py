@@ -1,0 +1,40 @@
+"""`recpeft train --num-processes N`: relaunch the same run under `accelerate launch`.
+
+On CPU this must be real gloo DDP: `accelerate launch --cpu --num_processes 2` silently runs ONE
+process, so we use `--multi_gpu` with ACCELERATE_USE_CPU=true, which starts N gloo workers.
+Multi-machine runs: call `accelerate launch` yourself with its --num_machines/--machine_rank/
+--main_process_ip options (or an `accelerate config` file) around `-m recpeft train`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import TrainConfig, dump_yaml
+from .models import resolve
+
+
+def launch_command(cfg: TrainConfig, config_path: str) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if cfg.num_processes > 1:
+        cmd.append("--multi_gpu")
+    return cmd + ["-m", "recpeft", "train", "--config", config_path]
+
+
+def launch(cfg: TrainConfig) -> int:
+    """Run cfg in N processes; returns the exit code of the launcher."""
+    import torch
+
+    resolve(cfg.model)  # fetch/convert the default model once, before N processes want it
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"
+    with tempfile.TemporaryDirectory(prefix="recpeft-launch-") as tmp:
+        path = Path(tmp) / "train.yaml"
+        path.write_text(dump_yaml(cfg), encoding="utf-8")
+        return subprocess.run(launch_command(cfg, str(path)), env=env).returncode

@@ -1,0 +1,77 @@
+"""AdaLoRA through peft: SVD-shaped LoRA whose rank budget shrinks from init_r towards target_r.
+
+peft adds AdaLoRA's orthogonality penalty only when the model computes its own LM loss; recpeft
+computes a verbaliser loss outside the model, so `extra_loss` adds the same penalty here.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import AdaLoraConfig, PeftModel, get_peft_model
+
+from ..config import TrainConfig
+
+
+def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
+    """(tinit, tfinal): the configured values, or 10% / 20% of the run, leaving room to prune."""
+    tinit = cfg.tinit or max(1, total_steps // 10)
+    tfinal = cfg.tfinal or max(1, total_steps // 5)
+    if tinit + tfinal >= total_steps:
+        tinit, tfinal = 0, max(0, total_steps // 4)
+    return tinit, tfinal
+
+
+def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int):
+    tinit, tfinal = schedule(cfg, total_steps)
+    config = AdaLoraConfig(init_r=cfg.init_r, target_r=cfg.target_r, tinit=tinit, tfinal=tfinal,
+                           deltaT=cfg.delta_t, orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps,
+                           lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                           task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def extra_loss(model) -> torch.Tensor:
+    """orth_reg_weight * mean over adapted layers of ||P^T P - I||_F + ||Q Q^T - I||_F."""
+    weight = model.peft_config[model.active_adapter].orth_reg_weight
+    terms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
+            para = p @ p.T if "lora_A" in name else p.T @ p
+            eye = torch.eye(*para.size(), out=torch.empty_like(para))
+            terms.append(torch.norm(para - eye, p="fro"))
+    return weight * torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def after_step(model, step: int) -> None:
+    model.base_model.update_and_allocate(step)
+
+
+def ranks(model) -> dict[str, int]:
+    """Current rank of each adapted layer: the non-zero singular values it keeps."""
+    return {name.replace(".lora_E.default", ""): int((p != 0).sum())
+            for name, p in model.named_parameters() if "lora_E" in name}
+
+
+def apply_rank_pattern(model) -> None:
+    """Zero the singular values the final budget pruned, so in-memory weights equal what is saved."""
+    pattern = model.peft_config[model.active_adapter].rank_pattern
+    if not pattern:
+        return
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_E" in name:
+                key = name.replace(".lora_E.default", "").replace("base_model.model.", "", 1)
+                mask = next((m for k, m in pattern.items() if key.endswith(k.replace("base_model.model.", "", 1))), None)
+                if mask is not None:
+                    p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
+
+
+save = lambda model, folder, cfg=None: model.save_pretrained(folder, safe_serialization=True)  # noqa: E731
+
+
+def load(base, folder):
+    return PeftModel.from_pretrained(base, str(folder))
+
+
+def disabled(model):
+    return model.disable_adapter()

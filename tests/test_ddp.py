@@ -1,0 +1,27 @@
+"""Real 2-process gloo DDP on CPU through `recpeft train --num-processes 2`."""
+
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+
+def test_two_process_ddp_keeps_ranks_identical_and_saves_rank0(tiny_model, tmp_path):
+    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [sys.executable, "-m", "recpeft", "train", "--model", str(tiny_model), "--num-processes", "2",
+         "--output-dir", "ddp", "--max-steps", "6", "--batch-size", "4", "--eval-every", "6", "--eval-samples",
+         "8", "--test-samples", "8", "--lr", "0.01", "--threads", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 process(es)" in out.stdout and "effective batch 8 = 4 x 1 accumulation x 2" in out.stdout
+    metrics = json.loads((tmp_path / "ddp" / "recpeft.json").read_text())["metrics"]
+    sums = metrics["rank_param_sums"]
+    assert len(sums) == 2 and sums[0] == sums[1]  # both ranks hold the same weights
+    saved = load_file(str(tmp_path / "ddp" / "adapter_model.safetensors"))
+    saved_sum = sum(t.double().sum().item() for t in saved.values())
+    assert abs(saved_sum - sums[0]) <= 1e-9 * max(1.0, abs(sums[0]))  # the file is rank 0's weights
+    assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)  # and they were trained
+    assert out.stdout.count("adapter written to") == 1  # only the main process writes and reports
