@@ -122,6 +122,9 @@ def _print_summary(cfg: TrainConfig, result) -> None:
         print(f"  {split:<8}{m[f'{split}_n']:>10}{fmt(base):>11}{fmt(tuned):>13}{fmt(gain):>9}")
     print(f"  best step {m['best_step']} of {m['steps']}{' (early stop)' if m['early_stopped'] else ''}; "
           f"{m['train_examples']} training examples; {m['seconds']:.0f} s")
+    if "rank_budget" in m:
+        print(f"  AdaLoRA rank budget {m['rank_budget']['init']} -> {m['rank_budget']['final']} "
+              f"over {len(m['ranks'])} layers")
     if result.output_dir:
         print(f"  adapter written to {result.output_dir}/")
 

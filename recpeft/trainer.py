@@ -190,6 +190,11 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
     local = torch.tensor([sum(p.detach().double().sum().item() for p in trainable)], dtype=torch.float64,
                          device=accelerator.device)
     metrics["rank_param_sums"] = accelerator.gather(local).tolist()
+    if os.environ.get("RECPEFT_DUMP_RANK_WEIGHTS"):  # test hook: every rank's weights, to compare exactly
+        from safetensors.torch import save_file
+
+        dump = os.path.join(os.environ["RECPEFT_DUMP_RANK_WEIGHTS"], f"rank{accelerator.process_index}.safetensors")
+        save_file({n: p.detach().cpu().contiguous() for n, p in final.named_parameters() if p.requires_grad}, dump)
     if cfg.method == "adalora":
         metrics["ranks"] = adalora.ranks(final)
         metrics["rank_budget"] = {"init": cfg.init_r * len(metrics["ranks"]), "final": sum(metrics["ranks"].values())}

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+import torch
 from safetensors.torch import load_file
 
 
 def test_two_process_ddp_keeps_ranks_identical_and_saves_rank0(tiny_model, tmp_path):
-    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home")}
+    (tmp_path / "dump").mkdir()
+    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home"), "RECPEFT_DUMP_RANK_WEIGHTS": str(tmp_path / "dump")}
     out = subprocess.run(
         [sys.executable, "-m", "recpeft", "train", "--model", str(tiny_model), "--num-processes", "2",
          "--output-dir", "ddp", "--max-steps", "6", "--batch-size", "4", "--eval-every", "6", "--eval-samples",
@@ -24,4 +26,8 @@ def test_two_process_ddp_keeps_ranks_identical_and_saves_rank0(tiny_model, tmp_p
     saved_sum = sum(t.double().sum().item() for t in saved.values())
     assert abs(saved_sum - sums[0]) <= 1e-9 * max(1.0, abs(sums[0]))  # the file is rank 0's weights
     assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)  # and they were trained
+    rank0, rank1 = (load_file(str(tmp_path / "dump" / f"rank{i}.safetensors")) for i in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    by_suffix = {k.replace(".default", ""): v for k, v in rank0.items()}
+    assert all(torch.equal(t, by_suffix[k]) for k, t in saved.items())  # the file is exactly rank 0's weights
     assert out.stdout.count("adapter written to") == 1  # only the main process writes and reports

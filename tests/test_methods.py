@@ -46,8 +46,8 @@ def _logits(model, tok, n=6):
         return answer_logits(model.eval(), batch, answer_token_ids(tok))
 
 
-@pytest.mark.parametrize("bits", [32, 8])
-@pytest.mark.parametrize("method", ["lora", "adalora", "adapter"])
+@pytest.mark.parametrize(("method", "bits"), [(m, b) for m in ("lora", "adalora", "adapter") for b in (32, 8)]
+                         + [("lora", 4), ("lora", 16)])
 def test_method_trains_saves_and_reloads(method, bits, tiny_model, skewed_news, tmp_path):
     out = tmp_path / "adapter"
     result = train(_cfg(tiny_model, skewed_news, out, method, bits), show_progress=False)
