@@ -13,11 +13,15 @@ def train(cfg: "TrainConfig", **kwargs):
     return _train(cfg, **kwargs)
 
 
-def load_adapter(base, folder):
-    """Attach a saved adapter (LoRA, AdaLoRA or bottleneck Adapter) to a loaded base model."""
+def load_adapter(base, folder, tokenizer=None, force: bool = False):
+    """Attach a saved adapter (LoRA, AdaLoRA or bottleneck Adapter) to a loaded base model.
+
+    Refuses an adapter whose recorded base-model fingerprint differs from `base` (and `tokenizer`,
+    when given) unless force=True.
+    """
     from .methods import load_adapter as _load
 
-    return _load(base, folder)
+    return _load(base, folder, tokenizer=tokenizer, force=force)
 
 
 __all__ = ["TrainConfig", "UserError", "build_config", "load_adapter", "train", "__version__"]

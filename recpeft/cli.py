@@ -80,6 +80,8 @@ def train(
                                                           "[default: off]", show_default=False),
     num_processes: Optional[int] = _opt(_D.num_processes, "Processes for data-parallel training (one per GPU; "
                                         "gloo DDP on CPU), launched through accelerate.", "--num-processes"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, the examples per split and "
+                                 "the trainable/total parameters; train and write nothing."),
 ) -> None:
     """Fine-tune an adapter for one domain and save it under adapters/<domain>/.
 
@@ -95,6 +97,17 @@ def train(
         orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
         placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,
     )
+    if dry_run:
+        from .config import dump_yaml
+        from .trainer import train as run_training
+
+        print(dump_yaml(cfg), end="")
+        m = run_training(cfg, save=False, show_progress=False, dry_run=True).metrics
+        per_split = ", ".join(f"{k} {v}" for k, v in m["examples_per_split"].items())
+        print(f"# examples per split: {per_split} (scored: valid {m['valid_scored']}, test {m['test_scored']})")
+        print(f"# {cfg.method} on a {m['bits']}-bit base: {m['trainable_parameters']:,} trainable of "
+              f"{m['total_parameters']:,} parameters; {m['total_steps']} steps")
+        return
     if cfg.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         from .launch import launch
 

@@ -180,13 +180,22 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     return model, tok, source
 
 
-def fingerprint(model_config, tokenizer) -> str:
-    """Hash of the architecture config and the tokenizer's vocabulary: identifies a base model."""
+def config_fingerprint(model_config) -> str:
+    """Hash of the architecture config (what the weights' shapes and semantics depend on)."""
     cfg = {k: v for k, v in model_config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the vocabulary and special tokens (what prompts and verbaliser ids depend on)."""
+    h = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps([tokenizer.eos_token, tokenizer.bos_token]).encode())
     return h.hexdigest()[:16]
+
+
+def fingerprint(model_config, tokenizer) -> str:
+    """Identifies a base model: its architecture config and its tokenizer together."""
+    return hashlib.sha256(f"{config_fingerprint(model_config)}:{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:16]
 
 
 def default_targets(model) -> list[str]:

@@ -30,7 +30,8 @@ from .data.csvdir import load_data
 from .domains import get_domain
 from .methods import adalora, get_method
 from .metrics import auc
-from .models import default_targets, fingerprint, load_base, resolve_bits
+from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
+                     tokenizer_fingerprint)
 from .prompts import TEMPLATE_ID, answer_token_ids
 from .scoring import answer_logits, score
 from .tasks import preference_examples, subsample
@@ -50,7 +51,8 @@ def _threads(cfg: TrainConfig, num_processes: int) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // num_processes)
 
 
-def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_run: bool = False) -> TrainResult:
+    """Train an adapter as cfg says. dry_run: resolve and count everything, train and write nothing."""
     start = time.time()
     domain = get_domain(cfg.domain)
     out_dir = cfg.resolved_output_dir()
@@ -94,6 +96,12 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
     model = method.attach(model, cfg, targets, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    if dry_run:
+        counts = {s: len(splits[s]) for s in splits}
+        return TrainResult(None, {"dry_run": True, "examples_per_split": counts, "train_examples": len(train_rows),
+                                  "valid_scored": len(valid_rows), "test_scored": len(test_rows),
+                                  "trainable_parameters": n_trainable, "total_parameters": n_total,
+                                  "total_steps": total_steps, "bits": bits, "target_modules": targets})
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -205,6 +213,8 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True) -> Tr
             "positive_verb": domain.positive_verb, "prompt_template": TEMPLATE_ID,
             "verbalizer": {"answers": ["No", "Yes"], "token_ids": answer_ids},
             "base_model": {"name": cfg.model, "source": source, "fingerprint": fingerprint(final.config, tok),
+                           "config_fingerprint": config_fingerprint(final.config),
+                           "tokenizer_fingerprint": tokenizer_fingerprint(tok),
                            "architecture": final.config.model_type},
             "target_modules": targets, "trainable_parameters": n_trainable,
             "data": {"name": data.name, "fingerprint": data.fingerprint()},

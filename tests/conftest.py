@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     """Save a 2-layer llama with a word-level vocabulary covering the embedded samples' text."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -33,7 +33,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=None,
                          tie_word_embeddings=True)
@@ -47,9 +47,19 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture()
-def isolated(tmp_path, monkeypatch) -> Path:
-    """Run in an empty folder with a private RECPEFT_HOME, so nothing leaks between tests."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RECPEFT_HOME", str(tmp_path / "home"))
-    return tmp_path
+@pytest.fixture(scope="session")
+def skewed_news(tmp_path_factory) -> Path:
+    """4 news users whose clicks are 90% positive: a signal (the prior) that even a tiny random model
+    picks up in a few steps, so a falling loss shows the training loop really optimises."""
+    import shutil
+
+    from recpeft.data.csvdir import SAMPLE_ROOT
+
+    folder = tmp_path_factory.mktemp("skewed-news")
+    shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
+    lines = (SAMPLE_ROOT / "news" / "interactions.csv").read_text().splitlines()
+    users = sorted({line.split(",")[0] for line in lines[1:]})[:4]
+    rows = [line.split(",") for line in lines[1:] if line.split(",")[0] in users]
+    rows = [[u, i, t, "0" if k % 10 == 0 else "1"] for k, (u, i, t, _) in enumerate(rows)]
+    (folder / "interactions.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+    return folder

@@ -122,3 +122,13 @@ def test_models_list_and_a_failed_fetch(tmp_path):
     assert last.startswith("recpeft: error: could not fetch the default model") and "--model PATH_OR_HUB_ID" in last
     assert "Traceback" not in out.stderr
     assert not list((tmp_path / "home" / "models").glob("*"))  # no half-converted model left behind
+
+
+def test_dry_run_counts_and_writes_nothing(tmp_path, tiny_model):
+    before = files_under(tmp_path)
+    out = run_cli("train", "--dry-run", "--model", str(tiny_model), "--method", "adapter", cwd=tmp_path,
+                  env_home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    assert "method: adapter" in out.stdout and "# examples per split: train " in out.stdout
+    assert "trainable of" in out.stdout
+    assert files_under(tmp_path) == before

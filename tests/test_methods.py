@@ -1,7 +1,6 @@
 """LoRA, AdaLoRA and the Houlsby Adapter behind one interface, on a 32-bit and an 8-bit base."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from safetensors.torch import load_file
 
 from recpeft.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import SAMPLE_ROOT, load_sample
+from recpeft.data.csvdir import load_sample
 from recpeft.domains import get_domain
 from recpeft.methods import load_adapter, method_of
 from recpeft.models import load_base
@@ -17,19 +16,6 @@ from recpeft.prompts import answer_token_ids
 from recpeft.scoring import answer_logits
 from recpeft.tasks import preference_examples
 from recpeft.trainer import train
-
-
-@pytest.fixture(scope="module")
-def skewed_news(tmp_path_factory):
-    """4 news users whose clicks are 90% positive: a signal a tiny random model learns in a few steps."""
-    folder = tmp_path_factory.mktemp("skewed")
-    shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
-    lines = (SAMPLE_ROOT / "news" / "interactions.csv").read_text().splitlines()
-    users = sorted({line.split(",")[0] for line in lines[1:]})[:4]
-    rows = [line.split(",") for line in lines[1:] if line.split(",")[0] in users]
-    rows = [[u, i, t, "0" if k % 10 == 0 else "1"] for k, (u, i, t, _) in enumerate(rows)]
-    (folder / "interactions.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
-    return folder
 
 
 def _cfg(tiny_model, data, out, method, bits):

@@ -1,15 +1,13 @@
 import json
-import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 
 from recpeft.artifacts import CONTRACT_FILES
 from recpeft.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import SAMPLE_ROOT, load_sample
+from recpeft.data.csvdir import load_sample
 from recpeft.domains import get_domain
 from recpeft.models import fingerprint, load_base
 from recpeft.prompts import answer_token_ids
@@ -22,20 +20,6 @@ def tiny_cfg(tiny_model, out, **kw) -> TrainConfig:
     base = dict(domain="news", model=str(tiny_model), output_dir=str(out), max_steps=30, batch_size=8, lr=2e-2,
                 eval_every=10, eval_samples=48, test_samples=48, patience=0, lora_dropout=0.0, threads=1)
     return TrainConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def skewed_news(tmp_path_factory):
-    """4 users of the news sample whose clicks are 90% positive: a signal (the prior) that even a
-    tiny random model picks up in a few steps, so a falling loss shows the loop really optimises."""
-    folder = tmp_path_factory.mktemp("skewed-news")
-    shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
-    lines = (SAMPLE_ROOT / "news" / "interactions.csv").read_text().splitlines()
-    users = sorted({line.split(",")[0] for line in lines[1:]})[:4]
-    rows = [line.split(",") for line in lines[1:] if line.split(",")[0] in users]
-    rows = [[u, i, t, "0" if k % 10 == 0 else "1"] for k, (u, i, t, _) in enumerate(rows)]
-    (folder / "interactions.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +85,35 @@ def test_best_validation_checkpoint_is_kept(trained):
     best = max(h["valid_auc"] for h in result.history)
     assert m["valid_auc"] == best
     assert m["best_step"] in [h["step"] for h in result.history if h["valid_auc"] == best]
+
+
+def test_adapter_for_another_base_is_refused_unless_forced(trained, tmp_path):
+    import warnings
+
+    from conftest import build_tiny_model
+    from recpeft import load_adapter
+    from recpeft.errors import UserError
+
+    _, out = trained
+    other, tok, _ = load_base(str(build_tiny_model(tmp_path / "other", layers=3)))
+    with pytest.raises(UserError) as err:
+        load_adapter(other, out, tokenizer=tok)
+    assert "trained on base model" in str(err.value) and "the loaded base is" in str(err.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_adapter(other, out, tokenizer=tok, force=True)
+    assert any("loading anyway" in str(w.message) for w in caught)
+
+
+def test_matching_base_loads_through_the_public_api(trained, tiny_model):
+    from recpeft import load_adapter
+
+    result, out = trained
+    base, tok, _ = load_base(str(tiny_model))
+    model = load_adapter(base, out, tokenizer=tok)
+    data, domain = load_sample("news"), get_domain("news")
+    batch = collate(encode(preference_examples(data)["test"][:4], data, domain, tok, 10, 320), tok.pad_token_id)
+    ids = answer_token_ids(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(answer_logits(model.eval(), batch, ids), answer_logits(result.model.eval(), batch, ids),
+                                   atol=0, rtol=0)

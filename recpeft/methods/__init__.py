@@ -41,6 +41,38 @@ def method_of(folder: str | Path) -> str:
     return by_type[peft_type]
 
 
-def load_adapter(base, folder: str | Path):
-    """Attach the adapter saved in `folder` (any of the three methods) to `base`."""
+def check_base(base, folder: str | Path, tokenizer=None, force: bool = False) -> None:
+    """Refuse an adapter trained on another base model (config, and tokenizer when given)."""
+    from ..models import config_fingerprint, tokenizer_fingerprint
+
+    meta_path = Path(folder) / "recpeft.json"
+    if not meta_path.is_file():
+        return  # a bare peft/bottleneck folder: nothing recorded to check against
+    try:
+        want = json.loads(meta_path.read_text(encoding="utf-8"))["base_model"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError("malformed recpeft.json (no base_model)", str(meta_path)) from None
+    have_cfg = config_fingerprint(base.config)
+    mismatch = want.get("config_fingerprint") not in (None, have_cfg)
+    if tokenizer is not None:
+        mismatch |= want.get("tokenizer_fingerprint") not in (None, tokenizer_fingerprint(tokenizer))
+    if not mismatch:
+        return
+    loaded = getattr(base.config, "name_or_path", "") or base.config.model_type
+    message = (f"adapter {folder} was trained on base model '{want.get('name')}' (config fingerprint "
+               f"{want.get('config_fingerprint')}), but the loaded base is '{loaded}' (config fingerprint {have_cfg})")
+    if not force:
+        raise UserError(message + "; pass force=True (--force) to load it anyway")
+    import warnings
+
+    warnings.warn(message + "; loading anyway because force was given", stacklevel=2)
+
+
+def load_adapter(base, folder: str | Path, tokenizer=None, force: bool = False):
+    """Attach the adapter saved in `folder` (any of the three methods) to `base`.
+
+    The base model's fingerprint must match the one recorded at training time; force=True loads a
+    mismatched adapter anyway, with a warning.
+    """
+    check_base(base, folder, tokenizer, force)
     return METHODS[method_of(folder)].load(base, folder)
