@@ -40,6 +40,12 @@ def check_writable(out_dir: Path) -> None:
                         "refusing to replace it", str(out_dir))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -55,6 +61,7 @@ def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: st
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; an adapter dir is a normal folder
         save_weights(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
         write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})

@@ -61,7 +61,10 @@ class LengthBucketSampler:
             order.sort(key=self.lengths.__getitem__)
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         if self.shuffle:
+            # The short batch stays last: accelerate's sharding drops a short batch in the middle.
+            short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
             rng.shuffle(batches)
+            batches += short
         return iter(batches)
 
     def __len__(self) -> int:

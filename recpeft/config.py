@@ -122,6 +122,11 @@ def _check_value(name: str, value: Any, where: str | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"'{name}' must be an integer, got {value!r}", where)
     elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"'{name}' must be a number, got {value!r}", where)
         value = float(value)
@@ -179,7 +184,11 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
             hint = did_you_mean(key_name, FIELDS)
             raise UserError(f"unknown config key '{key}'{hint}", where)
         values[key] = _check_value(key, value, where)
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    if cfg.method == "adalora" and cfg.target_r >= cfg.init_r:
+        where = sourced.get("target_r", (None, None))[1]
+        raise UserError(f"AdaLoRA prunes ranks: target_r ({cfg.target_r}) must be below init_r ({cfg.init_r})", where)
+    return cfg
 
 
 def dump_yaml(config: TrainConfig) -> str:

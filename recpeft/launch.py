@@ -30,6 +30,12 @@ def launch(cfg: TrainConfig) -> int:
     """Run cfg in N processes; returns the exit code of the launcher."""
     import torch
 
+    from .artifacts import check_writable
+    from .data.csvdir import load_data
+
+    # Catch user errors here, once, before N processes would each report them.
+    check_writable(cfg.resolved_output_dir())
+    load_data(cfg.domain, cfg.data)
     resolve(cfg.model)  # fetch/convert the default model once, before N processes want it
     env = dict(os.environ)
     if not torch.cuda.is_available():

@@ -28,6 +28,7 @@ from .batches import encode, loader
 from .config import TrainConfig
 from .data.csvdir import load_data
 from .domains import get_domain
+from .errors import UserError
 from .methods import adalora, get_method
 from .metrics import auc
 from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
@@ -66,8 +67,9 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
 
     method = get_method(cfg.method)
     bits = resolve_bits(cfg.bits)
-    model, tok, source = load_base(cfg.model, bits=bits, device=accelerator.local_process_index
-                                   if torch.cuda.is_available() else None)
+    with accelerator.main_process_first():  # the first run fetches/converts the model once, on rank 0
+        model, tok, source = load_base(cfg.model, bits=bits, device=accelerator.local_process_index
+                                       if torch.cuda.is_available() else None)
     if bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
@@ -82,9 +84,12 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     valid_rows = enc(subsample(splits["valid"], cfg.eval_samples, cfg.seed))
     test_rows = enc(subsample(splits["test"], cfg.test_samples, cfg.seed))
     if not train_rows or not valid_rows:
-        from .errors import UserError
         raise UserError(f"data '{data.name}' yields {len(train_rows)} training and {len(valid_rows)} validation "
                         "examples; need users with at least 5 interactions")
+    for name, rows in (("training", train_rows), ("validation", valid_rows)):
+        if len({r.label for r in rows}) < 2:
+            raise UserError(f"data '{data.name}': every {name} example has the same label; preference training "
+                            "needs likes and dislikes (ratings > 3 and <= 3, or clicks 1 and 0)")
 
     targets = cfg.target_modules or default_targets(model)
     train_loader = loader(train_rows, cfg.batch_size, shuffle=True, pad_id=tok.pad_token_id, seed=cfg.seed)
@@ -178,6 +183,13 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
         if stop or step >= total_steps:
             break
     bar.close()
+    if history[-1]["step"] != step and not stop:  # the data ran out before total_steps: judge the last weights too
+        valid_auc = evaluate(valid_rows, f"valid @ {step}")
+        history.append({"step": step, "valid_auc": valid_auc, "loss": sum(running[-20:]) / max(1, len(running[-20:]))})
+        if valid_auc > best_auc:
+            best_auc, best_step = valid_auc, step
+            best_state = {n: p.detach().clone() for n, p in
+                          accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
     final = accelerator.unwrap_model(model)
     with torch.no_grad():

@@ -55,6 +55,8 @@ CASES = {
     "unknown method": (lambda tmp: (["--method", "adaptr"], "did you mean 'adapter'")),
     "unsupported bits": (lambda tmp: (["--bits", "7"], "unknown bits '7'")),
     "bad placement": (lambda tmp: (["--placement", "middle"], "choose from houlsby, pfeiffer")),
+    "multi-process run, missing data": (lambda tmp: (["--num-processes", "2", "--data", "nowhere"], "nowhere")),
+    "bad target modules": (lambda tmp: (["--target-modules", ",", "--dry-run"], "target_modules")),
 }
 
 
@@ -132,3 +134,14 @@ def test_dry_run_counts_and_writes_nothing(tmp_path, tiny_model):
     assert "method: adapter" in out.stdout and "# examples per split: train " in out.stdout
     assert "trainable of" in out.stdout
     assert files_under(tmp_path) == before
+
+
+def test_adalora_target_rank_must_be_below_init_rank(tmp_path):
+    out = run_cli("train", "--method", "adalora", "--target-r", "16", cwd=tmp_path, env_home=tmp_path / "home")
+    assert out.returncode == 2 and "target_r (16) must be below init_r (12)" in out.stderr
+
+
+def test_yaml_float_without_a_dot_is_a_number():
+    from recpeft.config import build_config
+
+    assert build_config(lr="1e-3").lr == 0.001

@@ -73,3 +73,36 @@ def test_adapter_is_small_and_targets_every_block(tiny_model, skewed_news, tmp_p
     sites = {k.split(".adapter.")[0] for k in state}
     assert len(sites) == 2 * 2  # houlsby: attention and MLP of both blocks
     assert state[next(k for k in state if k.endswith("down.weight"))].shape == (8, 32)  # 32 / reduction 4
+
+
+def test_adalora_rank_pattern_zeroes_pruned_singular_values(tiny_model):
+    from recpeft.methods import adalora
+
+    base, _, _ = load_base(str(tiny_model))
+    model = adalora.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
+    names = [n for n, _ in model.named_parameters() if "lora_E" in n]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_E" in n:
+                p.fill_(1.0)
+    # peft's own key format: parameter name without the "base_model.model." prefix
+    model.peft_config["default"].rank_pattern = {
+        n.replace("base_model.model.", "", 1): [True, False, True, False] for n in names}
+    adalora.apply_rank_pattern(model)
+    assert all(v == 2 for v in adalora.ranks(model).values()) and len(adalora.ranks(model)) == len(names)
+
+
+def test_adalora_rank_pattern_without_adapter_name_also_applies(tiny_model):
+    from recpeft.methods import adalora
+
+    base, _, _ = load_base(str(tiny_model))
+    model = adalora.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
+    names = [n for n, _ in model.named_parameters() if "lora_E" in n]
+    model.peft_config["default"].rank_pattern = {
+        n.replace("base_model.model.", "", 1).replace(".default", ""): [False, False, False, True] for n in names}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_E" in n:
+                p.fill_(1.0)
+    adalora.apply_rank_pattern(model)
+    assert all(v == 1 for v in adalora.ranks(model).values())

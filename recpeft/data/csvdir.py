@@ -62,7 +62,7 @@ def load_csv_dir(folder: str | Path, name: str | None = None) -> RecData:
             ts = int(float(row["timestamp"]))
             rating = float(row["rating"]) if row.get("rating") not in (None, "") else None
             click = int(row["click"]) if row.get("click") not in (None, "") else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError("timestamp, rating and click must be numbers", where) from None
         if rating is None and click is None:
             raise UserError("row needs a rating (1-5) or a click (0/1)", where)

@@ -10,6 +10,7 @@ import torch
 from peft import AdaLoraConfig, PeftModel, get_peft_model
 
 from ..config import TrainConfig
+from ..errors import UserError
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
@@ -27,7 +28,10 @@ def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int):
                            deltaT=cfg.delta_t, orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps,
                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                            task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. target modules not in this model
+        raise UserError(f"cannot attach {config.peft_type.value.lower()}: {str(exc).splitlines()[0]}") from None
 
 
 def extra_loss(model) -> torch.Tensor:
@@ -57,13 +61,16 @@ def apply_rank_pattern(model) -> None:
     pattern = model.peft_config[model.active_adapter].rank_pattern
     if not pattern:
         return
+    # peft keys the pattern by parameter name without the "base_model.model." prefix
+    bare = {k.replace("base_model.model.", "", 1): m for k, m in pattern.items()}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_E" in name:
-                key = name.replace(".lora_E.default", "").replace("base_model.model.", "", 1)
-                mask = next((m for k, m in pattern.items() if key.endswith(k.replace("base_model.model.", "", 1))), None)
-                if mask is not None:
-                    p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
+            key = name.replace("base_model.model.", "", 1)
+            # with or without the adapter name, as peft itself accepts (mask_using_rank_pattern)
+            mask = (bare.get(key, bare.get(key.replace(f".{model.active_adapter}", ""))) if "lora_E" in name
+                    else None)
+            if mask is not None:
+                p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
 
 
 save = lambda model, folder, cfg=None: model.save_pretrained(folder, safe_serialization=True)  # noqa: E731
