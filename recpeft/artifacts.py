@@ -68,6 +68,8 @@ def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: st
         extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
         for name in extra:  # keep the contract exact whatever the peft version adds
             shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
+        for f in tmp.iterdir():  # temp-file writers create owner-only files; these are normal artefacts
+            os.chmod(f, 0o666 & ~_umask())
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

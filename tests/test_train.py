@@ -117,3 +117,14 @@ def test_matching_base_loads_through_the_public_api(trained, tiny_model):
     with torch.no_grad():
         torch.testing.assert_close(answer_logits(model.eval(), batch, ids), answer_logits(result.model.eval(), batch, ids),
                                    atol=0, rtol=0)
+
+
+def test_adapter_files_are_readable_by_others(trained):
+    import os
+    import stat
+
+    _, out = trained
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
