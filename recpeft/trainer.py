@@ -135,7 +135,11 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     base_valid = evaluate(valid_rows, "valid (untrained)", base=True)
     base_test = evaluate(test_rows, "test (untrained)", base=True) if test_rows else math.nan
     best_auc, best_step, bad_evals = base_valid, 0, 0
-    best_state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    def snapshot() -> dict[str, torch.Tensor]:
+        """A copy of the trainable weights: the best adapter so far."""
+        return {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    best_state = snapshot()
     history = [{"step": 0, "valid_auc": base_valid}]
 
     step, stop, running, step_seconds = 0, False, [], []
@@ -173,8 +177,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
                     bar.write(f"[recpeft] step {step}: loss {history[-1]['loss']:.4f}  valid AUC {valid_auc:.4f}")
                 if valid_auc > best_auc:
                     best_auc, best_step, bad_evals = valid_auc, step, 0
-                    best_state = {n: p.detach().clone() for n, p in
-                                  accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+                    best_state = snapshot()
                 else:
                     bad_evals += 1
                     stop = cfg.patience > 0 and bad_evals >= cfg.patience
@@ -188,8 +191,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
         history.append({"step": step, "valid_auc": valid_auc, "loss": sum(running[-20:]) / max(1, len(running[-20:]))})
         if valid_auc > best_auc:
             best_auc, best_step = valid_auc, step
-            best_state = {n: p.detach().clone() for n, p in
-                          accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+            best_state = snapshot()
 
     final = accelerator.unwrap_model(model)
     with torch.no_grad():

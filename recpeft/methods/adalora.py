@@ -7,10 +7,10 @@ computes a verbaliser loss outside the model, so `extra_loss` adds the same pena
 from __future__ import annotations
 
 import torch
-from peft import AdaLoraConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig
 
 from ..config import TrainConfig
-from ..errors import UserError
+from .lora import disabled, load, save, wrap  # noqa: F401  (same peft save/load contract)
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
@@ -28,10 +28,7 @@ def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int):
                            deltaT=cfg.delta_t, orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps,
                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                            task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:  # e.g. target modules not in this model
-        raise UserError(f"cannot attach {config.peft_type.value.lower()}: {str(exc).splitlines()[0]}") from None
+    return wrap(model, config)
 
 
 def extra_loss(model) -> torch.Tensor:
@@ -72,13 +69,3 @@ def apply_rank_pattern(model) -> None:
             if mask is not None:
                 p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
 
-
-save = lambda model, folder, cfg=None: model.save_pretrained(folder, safe_serialization=True)  # noqa: E731
-
-
-def load(base, folder):
-    return PeftModel.from_pretrained(base, str(folder))
-
-
-def disabled(model):
-    return model.disable_adapter()

@@ -8,13 +8,17 @@ from ..config import TrainConfig
 from ..errors import UserError
 
 
-def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int = 0):
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+def wrap(model, config):
+    """get_peft_model, with peft's complaints about the model (e.g. unknown target modules) as UserErrors."""
     try:
         return get_peft_model(model, config)
-    except ValueError as exc:  # e.g. target modules not in this model
+    except ValueError as exc:
         raise UserError(f"cannot attach {config.peft_type.value.lower()}: {str(exc).splitlines()[0]}") from None
+
+
+def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int = 0):
+    return wrap(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                  target_modules=targets, bias="none", task_type="CAUSAL_LM"))
 
 
 def save(model, folder, cfg: TrainConfig | None = None) -> None:
