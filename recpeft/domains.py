@@ -15,12 +15,13 @@ class Domain:
     positive_verb: str  # what a positive label means: "like", "click"
     liked_word: str  # history heading for positives
     disliked_word: str  # history heading for negatives
+    category_noun: str = "categories"  # what item categories are called: "genres", "topics"
 
 
 DOMAINS: dict[str, Domain] = {
-    "ecommerce": Domain("ecommerce", "product", "like", "Liked", "Disliked"),
-    "video": Domain("video", "movie or show", "like", "Liked", "Disliked"),
-    "news": Domain("news", "news article", "click", "Clicked", "Skipped"),
+    "ecommerce": Domain("ecommerce", "product", "like", "Liked", "Disliked", "product categories"),
+    "video": Domain("video", "movie or show", "like", "Liked", "Disliked", "genres"),
+    "news": Domain("news", "news article", "click", "Clicked", "Skipped", "topics"),
 }
 
 
