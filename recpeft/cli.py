@@ -34,8 +34,12 @@ def train(
     model: Optional[str] = _opt(_D.model, "Base model: a built-in name (see `recpeft models list`), a local "
                                 "HF folder or a hub id.", "--model", "-m"),
     method: Optional[str] = _opt(_D.method, f"PEFT method: {', '.join(METHODS)}.", "--method"),
-    data: Optional[str] = _opt("embedded sample", "Data folder with items.csv and interactions.csv "
-                               "(see README); default: the domain's embedded sample.", "--data"),
+    data: Optional[str] = _opt("embedded sample", "Data file or folder (see README for the formats); "
+                               "default: the domain's embedded sample.", "--data"),
+    data_format: Optional[str] = _opt("detected from the files", "Data format: movielens, amazon, amazon-unisrec, "
+                                      "mind, alpaca, jsonl or csv.", "--format"),
+    on_bad_rows: Optional[str] = _opt(_D.on_bad_rows, "fail: stop at the first bad row (file:line); skip: drop "
+                                      "bad rows and report how many.", "--on-bad-rows"),
     output_dir: Optional[str] = _opt("adapters/<domain>", "Where the adapter folder is written.", "--output-dir", "-o"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with the same keys as these "
                                           "flags (snake_case); flags override it."),
@@ -88,7 +92,8 @@ def train(
     Works as is and under `accelerate launch -m recpeft train ...`.
     """
     cfg = build_config(
-        config, domain=domain, model=model, method=method, data=data, output_dir=output_dir,
+        config, domain=domain, model=model, method=method, data=data, format=data_format, on_bad_rows=on_bad_rows,
+        output_dir=output_dir,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,

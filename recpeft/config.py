@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .data.load import FORMATS as DATA_FORMATS
+from .data.rows import ON_BAD_ROWS
 from .errors import UserError
 
 DOMAINS = ("ecommerce", "video", "news")
@@ -29,6 +31,8 @@ class TrainConfig:
     model: str = "smollm2-135m"
     method: str = "lora"
     data: str | None = None  # None = the domain's embedded sample
+    format: str | None = None  # data format (recpeft.data.load.FORMATS); None = detect from the files
+    on_bad_rows: str = "fail"  # fail: stop at the first bad row (file:line); skip: drop and count them
     output_dir: str | None = None  # None = adapters/<domain>
     task: str = "preference"
     # optimisation
@@ -93,7 +97,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "orth_reg_weight": (0.0, None), "reduction_factor": (1, 4096), "num_processes": (1, 1024),
 }
 CHOICES = {"domain": DOMAINS, "method": METHODS, "task": ("preference",), "bits": BITS,
-           "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer")}
+           "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer"),
+           "format": tuple(DATA_FORMATS), "on_bad_rows": ON_BAD_ROWS}
 
 
 def did_you_mean(word: str, options) -> str:
@@ -104,7 +109,7 @@ def did_you_mean(word: str, options) -> str:
 def _check_value(name: str, value: Any, where: str | None) -> Any:
     """Type-check and coerce one value; raise UserError naming the key and location."""
     if value is None:
-        if name in ("data", "output_dir", "target_modules"):
+        if name in ("data", "format", "output_dir", "target_modules"):
             return None
         raise UserError(f"'{name}' must not be empty", where)
     kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(FIELDS[name].type).split(" ")[0], None)

@@ -35,7 +35,7 @@ def launch(cfg: TrainConfig) -> int:
 
     # Catch user errors here, once, before N processes would each report them.
     check_writable(cfg.resolved_output_dir())
-    load_data(cfg.domain, cfg.data)
+    load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
     resolve(cfg.model)  # fetch/convert the default model once, before N processes want it
     env = dict(os.environ)
     if not torch.cuda.is_available():

@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     out_dir = cfg.resolved_output_dir()
     if save:
         check_writable(out_dir)
-    data = load_data(cfg.domain, cfg.data)
+    data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     main = accelerator.is_main_process
     torch.set_num_threads(_threads(cfg, accelerator.num_processes))

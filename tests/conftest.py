@@ -63,3 +63,9 @@ def skewed_news(tmp_path_factory) -> Path:
     rows = [[u, i, t, "0" if k % 10 == 0 else "1"] for k, (u, i, t, _) in enumerate(rows)]
     (folder / "interactions.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty data cache, never the user's ~/.cache/recpeft/cache/data."""
+    monkeypatch.setenv("RECPEFT_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))

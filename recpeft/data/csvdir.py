@@ -1,80 +1,94 @@
-"""Loader for recpeft's own layout: a folder with items.csv and interactions.csv.
+"""Loader for recpeft's own layout: a folder with items.csv and interactions.csv (`--format csv`).
 
 The embedded samples use it, and so can users: items.csv has `item_id,title[,category]`;
 interactions.csv has `user_id,item_id,timestamp` and `rating` (1-5) and/or `click` (0/1).
-Every bad row is reported as file:line with the reason.
+UTF-8, one record per line (no line breaks inside fields). Every bad row is reported as
+file:line with the reason.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UserError
-from .schema import Interaction, Item, RecData
+from .rows import BadRows, RowError, lines, to_click, to_int, to_rating
+from .schema import InstructionData, Interaction, Item, RecData
 
+VERSION = 1
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 
 
-def _rows(path: Path, required: tuple[str, ...]):
-    """Yield (line_number, row) from a CSV file, checking its header first."""
-    if not path.is_file():
-        raise UserError("file not found", str(path))
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read CSV: {exc}", str(path)) from None
-    with handle:
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise UserError(f"header lacks column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}", f"{path}:1")
-        try:
-            for row in reader:
-                yield reader.line_num, row
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise UserError(f"malformed CSV: {exc}", f"{path}:{reader.line_num}") from None
+def detect(path: Path) -> bool:
+    return path.is_dir() and (path / "items.csv").is_file() and (path / "interactions.csv").is_file()
 
 
-def load_csv_dir(folder: str | Path, name: str | None = None) -> RecData:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError("data folder not found (expected a folder with items.csv and interactions.csv)", str(folder))
+def sources(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise UserError("data folder not found (expected a folder with items.csv and interactions.csv)", str(path))
+    return [path / "items.csv", path / "interactions.csv"]
+
+
+def _rows(path: Path, required: tuple[str, ...], bad: BadRows) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, {column: value}) from a CSV file, checking its header first."""
+    numbered = lines(path, bad)
+    n, head = next(numbered)
+    header = [h.strip() for h in next(csv.reader([head]))]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"header lacks column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}",
+                        f"{path}:{n}")
+    for n, text in numbered:
+        row = None
+        with bad.at(path, n):
+            try:
+                values = next(csv.reader([text]))
+            except csv.Error as exc:
+                raise RowError(f"malformed CSV: {exc}") from None
+            if len(values) != len(header):
+                raise RowError(f"expected {len(header)} columns ({', '.join(header)}), found {len(values)}")
+            row = dict(zip(header, (v.strip() for v in values)))
+        if row is not None:
+            yield n, row
+
+
+def load(folder: Path, bad: BadRows, name: str | None = None) -> RecData:
+    items_path, inter_path = sources(folder)
     items: dict[str, Item] = {}
-    items_path = folder / "items.csv"
-    for line, row in _rows(items_path, ("item_id", "title")):
-        item_id, title = (row.get("item_id") or "").strip(), (row.get("title") or "").strip()
-        if not item_id or not title:
-            raise UserError("row needs a non-empty item_id and title", f"{items_path}:{line}")
-        if item_id in items:
-            raise UserError(f"duplicate item_id '{item_id}'", f"{items_path}:{line}")
-        items[item_id] = Item(item_id, title, (row.get("category") or "").strip())
-
-    inter_path = folder / "interactions.csv"
+    for line, row in _rows(items_path, ("item_id", "title"), bad):
+        with bad.at(items_path, line):
+            item_id, title = row["item_id"], row["title"]
+            if not item_id or not title:
+                raise RowError("row needs a non-empty item_id and title")
+            if item_id in items:
+                raise RowError(f"duplicate item_id '{item_id}'")
+            items[item_id] = Item(item_id, title, row.get("category", ""))
     interactions: list[Interaction] = []
-    for line, row in _rows(inter_path, ("user_id", "item_id", "timestamp")):
-        where = f"{inter_path}:{line}"
-        user, item = (row.get("user_id") or "").strip(), (row.get("item_id") or "").strip()
-        if not user or item not in items:
-            raise UserError(f"unknown item_id '{item}'" if user else "empty user_id", where)
-        try:
-            ts = int(float(row["timestamp"]))
-            rating = float(row["rating"]) if row.get("rating") not in (None, "") else None
-            click = int(row["click"]) if row.get("click") not in (None, "") else None
-        except (TypeError, ValueError, OverflowError):
-            raise UserError("timestamp, rating and click must be numbers", where) from None
-        if rating is None and click is None:
-            raise UserError("row needs a rating (1-5) or a click (0/1)", where)
-        if rating is not None and not 1 <= rating <= 5:
-            raise UserError(f"rating {rating:g} is outside 1-5", where)
-        if click is not None and click not in (0, 1):
-            raise UserError(f"click {click} is not 0 or 1", where)
-        interactions.append(Interaction(user, item, ts, rating, click))
+    for line, row in _rows(inter_path, ("user_id", "item_id", "timestamp"), bad):
+        with bad.at(inter_path, line):
+            user, item = row["user_id"], row["item_id"]
+            if not user:
+                raise RowError("empty user_id")
+            if item not in items:
+                raise RowError(f"unknown item_id '{item}' (not in items.csv)")
+            ts = to_int(row["timestamp"], "timestamp")
+            rating = to_rating(row["rating"]) if row.get("rating") else None
+            click = to_click(row["click"]) if row.get("click") else None
+            if rating is None and click is None:
+                raise RowError("row needs a rating (1-5) or a click (0/1)")
+            interactions.append(Interaction(user, item, ts, rating, click))
+    stats = {"rows": len(interactions)}
+    bad.report(f"csv {folder.name}", stats)
     if not interactions:
         raise UserError("no interactions", str(inter_path))
     interactions.sort(key=lambda x: (x.user_id, x.timestamp, x.item_id))
-    return RecData(name or folder.name, items, interactions)
+    return RecData(name or folder.name, items, interactions, stats=stats)
+
+
+def load_csv_dir(folder: str | Path, name: str | None = None, on_bad_rows: str = "fail") -> RecData:
+    """Read a csv-layout folder directly (no cache)."""
+    return load(Path(folder), BadRows(on_bad_rows), name)
 
 
 def load_sample(domain: str) -> RecData:
@@ -82,5 +96,10 @@ def load_sample(domain: str) -> RecData:
     return load_csv_dir(SAMPLE_ROOT / domain, name=f"sample:{domain}")
 
 
-def load_data(domain: str, path: str | None) -> RecData:
-    return load_sample(domain) if path is None else load_csv_dir(path)
+def load_data(domain: str, path: str | None, fmt: str | None = None,
+              on_bad_rows: str = "fail") -> RecData | InstructionData:
+    """The one entry point: the domain's embedded sample when path is None, else `path` in format
+    `fmt` (None = detect). See recpeft.data.load.load_data."""
+    from .load import load_data as load_any
+
+    return load_any(domain, path, fmt, on_bad_rows)
