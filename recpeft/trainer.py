@@ -27,6 +27,7 @@ from .artifacts import check_writable, model_card, save_adapter_dir
 from .batches import encode, loader
 from .config import TrainConfig
 from .data.csvdir import load_data
+from .data.schema import RecData
 from .domains import get_domain
 from .errors import UserError
 from .methods import adalora, get_method
@@ -60,6 +61,9 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     if save:
         check_writable(out_dir)
     data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
+    if not isinstance(data, RecData):
+        raise UserError(f"data '{data.name}' is instruction data (alpaca); this trainer needs interactions "
+                        "(users, items, ratings or clicks)")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     main = accelerator.is_main_process
     torch.set_num_threads(_threads(cfg, accelerator.num_processes))
