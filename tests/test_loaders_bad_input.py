@@ -200,3 +200,13 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"recpeft: error: {where}: movie id '99' is not in u.item"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_instruction_data_is_refused_clearly_by_the_interaction_trainer(tmp_path, monkeypatch, capsys):
+    from recpeft.cli import main
+
+    path, _ = write(tmp_path / "in", "alpaca")
+    monkeypatch.setattr(sys, "argv", ["recpeft", "train", "--dry-run", "--data", str(path), "--model", "nowhere"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and "is instruction data (alpaca)" in capsys.readouterr().err

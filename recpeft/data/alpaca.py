@@ -83,7 +83,8 @@ def _records(file: Path, bad: BadRows) -> Iterator[tuple[int, object]]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"not valid UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8", f"{file}:{line}") from None
+        raise UserError(f"not valid UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8",
+                        f"{file}:{line}") from None
     yield from _array(file, text)
 
 

@@ -3,9 +3,10 @@
 .inter rows are `user_id<TAB>item_id_list<TAB>item_id` (a history and its next item, ids as
 indices when <name>.item2index / <name>.user2index map them back to asins / reviewer ids).
 Each user's sequence is rebuilt from their rows (histories may be cut to the last N items); every
-row must be a window of it ending at its target. There are no times: an item's timestamp is its position in the user's sequence, so the
-leave-one-out split of recpeft.tasks (last = test, one before = valid) is UniSRec's own. There
-are no ratings either: every interaction is a positive (click = 1).
+row must be a window of it ending at its target. There are no times: an item's timestamp is its
+position in the user's sequence, so the leave-one-out split of recpeft.tasks (last = test, one
+before = valid) is UniSRec's own. There are no ratings either: every interaction is a positive
+(click = 1).
 
 <name>.text rows are `item_id<TAB>title. categories. brand.`: the title becomes Item.title, the
 categories (without the root every item shares, e.g. "Industrial & Scientific") Item.category,

@@ -106,8 +106,8 @@ def load(path: Path, bad: BadRows) -> RecData:
                 counts["impression_ids_dropped"] += 1
     stats = {"rows": len(shown), **counts}
     if counts["history_ids_dropped"] or counts["impression_ids_dropped"]:
-        note(stats, f"mind {path.name}: dropped {counts['history_ids_dropped']:,} of {counts['history_ids']:,} history ids "
-             f"and {counts['impression_ids_dropped']:,} of {counts['impression_ids']:,} impression ids not in news.tsv")
+        note(stats, f"mind {path.name}: dropped {counts['history_ids_dropped']:,} of {counts['history_ids']:,} "
+             f"history ids and {counts['impression_ids_dropped']:,} of {counts['impression_ids']:,} impression ids not in news.tsv")
     bad.report(f"mind {path.name}", stats)
     if not interactions:
         raise UserError("no behaviour left: no history or impression id is in news.tsv", str(behaviors))
