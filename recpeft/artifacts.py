@@ -21,20 +21,26 @@ FORMAT_VERSION = 1
 CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", "recpeft.json", "README.md"}
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before any work if the adapter folder could not be written. Creates nothing."""
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    probe = parent
+def _can_create_in(parent: Path) -> bool:
+    """Could a file be created at or below `parent` (its nearest existing ancestor must take one)?"""
+    probe = parent if str(parent) else Path(".")
     while not probe.exists():
         probe = probe.parent
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError("output path exists and is not a folder", str(out_dir))
     try:  # a real probe: os.access says yes to root even on read-only mounts
         if not probe.is_dir():
             raise OSError(f"{probe} is not a folder")
         tempfile.TemporaryFile(dir=probe).close()
     except OSError:
-        raise UserError("output folder is not writable", str(out_dir)) from None
+        return False
+    return True
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work if the adapter folder could not be written. Creates nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("output path exists and is not a folder", str(out_dir))
+    if not _can_create_in(out_dir.parent):
+        raise UserError("output folder is not writable", str(out_dir))
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "recpeft.json").is_file():
         raise UserError("output folder exists, is not empty and holds no recpeft adapter; "
                         "refusing to replace it", str(out_dir))
@@ -44,6 +50,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_file_writable(path: Path) -> None:
+    """Fail before any work if a result file could not be written at `path`. Creates nothing."""
+    if path.is_dir():
+        raise UserError("output path is a folder; give a file name", str(path))
+    if not _can_create_in(path.parent):
+        raise UserError("cannot write a file here", str(path))
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -93,19 +107,29 @@ def read_meta(adapter_dir: Path) -> dict[str, Any]:
         raise UserError(f"malformed JSON: {exc.msg}", f"{path}:{exc.lineno}") from None
 
 
+TASK_WORDS = {
+    "preference": "will the user like the item: a Yes/No answer, TALLRec-style",
+    "click": "will the user click the item: a Yes/No answer",
+    "rating": "the user's 1-5 rating, read from the digit tokens",
+    "ranking": "next-item ranking, each candidate scored by P(Yes)",
+    "interests": "the user's favourite categories, generated as a list",
+}
+
+
 def model_card(meta: dict[str, Any]) -> str:
     m, base = meta.get("metrics", {}), meta["base_model"]
+    key = m.get("main_metric", "auc")
     rows = "\n".join(
-        f"| {split} | {m.get(f'{split}_auc_base', float('nan')):.4f} | {m.get(f'{split}_auc', float('nan')):.4f} | {m.get(f'{split}_n', 0)} |"
+        f"| {split} | {m.get(f'{split}_{key}_base', float('nan')):.4f} | {m.get(f'{split}_{key}', float('nan')):.4f} | {m.get(f'{split}_n', 0)} |"
         for split in ("valid", "test")
     )
     return f"""# recpeft adapter: {meta['domain']} / {meta['task']} / {meta['method']}
 
 A {meta['method']} adapter for `{base['name']}` (fingerprint `{base['fingerprint']}`), trained by
-recpeft {meta.get('recpeft_version', '')} to predict whether a user will {meta['positive_verb']} an item
-from their recent history (TALLRec-style Yes/No prompt, template `{meta['prompt_template']}`).
+recpeft {meta.get('recpeft_version', '')} for the `{meta['task']}` task ({TASK_WORDS.get(meta['task'], '')}) from a
+user's recent history (prompt template `{meta['prompt_template']}`).
 
-| split | AUC untrained base | AUC with adapter | examples |
+| split | {key} untrained base | {key} with adapter | examples |
 |---|---|---|---|
 {rows}
 

@@ -7,13 +7,14 @@ batch; explicit position ids keep a padded row's logits equal to the unpadded ro
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .data.schema import RecData
 from .domains import Domain
-from .prompts import render, user_message
+from .prompts import SYSTEM, render, user_message
 from .tasks import Example
 
 
@@ -23,20 +24,24 @@ class Encoded:
     label: int
 
 
+def fit(tokenizer, message: Callable[[int], str], history_len: int, max_length: int, system: str = SYSTEM,
+        reserve: int = 0) -> list[int]:
+    """Token ids of render(message(n)) for the largest n <= history_len whose prompt fits in
+    max_length - reserve tokens (reserve: room kept for an answer appended after the prompt)."""
+    budget = max(1, max_length - reserve)
+    n = history_len
+    while True:
+        ids = tokenizer(render(tokenizer, message(n), system), add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget or n == 0:
+            return ids[-budget:]
+        n -= 1
+
+
 def encode(examples: list[Example], data: RecData, domain: Domain, tokenizer, history_len: int,
            max_length: int) -> list[Encoded]:
     """Render and tokenise each example; drop the oldest history items until it fits max_length."""
-    out = []
-    for ex in examples:
-        n = history_len
-        while True:
-            text = render(tokenizer, user_message(ex.prompt(data, n), domain))
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) <= max_length or n == 0:
-                break
-            n -= 1
-        out.append(Encoded(ids[-max_length:], ex.label))
-    return out
+    return [Encoded(fit(tokenizer, lambda n, ex=ex: user_message(ex.prompt(data, n), domain), history_len,
+                        max_length), ex.label) for ex in examples]
 
 
 class LengthBucketSampler:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .config import DOMAINS, METHODS, TrainConfig, build_config
+from .config import DOMAINS, METHODS, TASKS, TrainConfig, build_config
 from .errors import UserError
 
 app = typer.Typer(
@@ -40,6 +40,11 @@ def train(
                                       "mind, alpaca, jsonl or csv.", "--format"),
     on_bad_rows: Optional[str] = _opt(_D.on_bad_rows, "fail: stop at the first bad row (file:line); skip: drop "
                                       "bad rows and report how many.", "--on-bad-rows"),
+    task: Optional[str] = _opt(_D.task, f"Task: {', '.join(TASKS)}.", "--task"),
+    train_samples: Optional[int] = _opt(_D.train_samples, "Train on a seeded subset of this many examples "
+                                        "(few-shot; 0 = all).", "--train-samples"),
+    negatives: Optional[int] = _opt(_D.negatives, "Ranking: sampled negatives per true next item (seeded).",
+                                    "--negatives"),
     output_dir: Optional[str] = _opt("adapters/<domain>", "Where the adapter folder is written.", "--output-dir", "-o"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with the same keys as these "
                                           "flags (snake_case); flags override it."),
@@ -93,7 +98,7 @@ def train(
     """
     cfg = build_config(
         config, domain=domain, model=model, method=method, data=data, format=data_format, on_bad_rows=on_bad_rows,
-        output_dir=output_dir,
+        output_dir=output_dir, task=task, train_samples=train_samples, negatives=negatives,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
@@ -132,12 +137,13 @@ def _print_summary(cfg: TrainConfig, result) -> None:
         return
     m = result.metrics
     fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-    print(f"\nrecpeft train — {cfg.domain} / preference / {cfg.method} on {cfg.model}")
-    print(f"  {'split':<8}{'examples':>10}{'AUC base':>11}{'AUC adapter':>13}{'gain':>9}")
+    key = m.get("main_metric", "auc")
+    print(f"\nrecpeft train — {cfg.domain} / {cfg.task} / {cfg.method} on {cfg.model}")
+    print(f"  {'split':<8}{'examples':>10}{key + ' base':>15}{key + ' adapter':>17}{'gain':>9}")
     for split in ("valid", "test"):
-        base, tuned = m[f"{split}_auc_base"], m[f"{split}_auc"]
+        base, tuned = m.get(f"{split}_{key}_base", math.nan), m.get(f"{split}_{key}", math.nan)
         gain = tuned - base if not (math.isnan(base) or math.isnan(tuned)) else None
-        print(f"  {split:<8}{m[f'{split}_n']:>10}{fmt(base):>11}{fmt(tuned):>13}{fmt(gain):>9}")
+        print(f"  {split:<8}{m[f'{split}_n']:>10}{fmt(base):>15}{fmt(tuned):>17}{fmt(gain):>9}")
     print(f"  best step {m['best_step']} of {m['steps']}{' (early stop)' if m['early_stopped'] else ''}; "
           f"{m['train_examples']} training examples; {m['seconds']:.0f} s")
     if "rank_budget" in m:
@@ -145,6 +151,37 @@ def _print_summary(cfg: TrainConfig, result) -> None:
               f"over {len(m['ranks'])} layers")
     if result.output_dir:
         print(f"  adapter written to {result.output_dir}/")
+
+
+@app.command("eval")
+def eval_cmd(
+    adapter: str = typer.Option(..., "--adapter", "-a", help="Adapter folder (e.g. adapters/news), or 'none' for "
+                                "the untrained base model (zero-shot)."),
+    data: Optional[str] = _opt("the adapter's training data, else the embedded sample", "Data path.", "--data"),
+    fmt: Optional[str] = _opt("auto / the adapter's", "Data format (see `recpeft train --help`).", "--format"),
+    task: Optional[str] = _opt("the adapter's task, else preference", f"Task: {', '.join(TASKS)}.", "--task"),
+    split: str = typer.Option("test", "--split", help="train, valid or test."),
+    limit: int = typer.Option(0, "--limit", help="Evaluate a seeded subset of N examples (0 = all).", min=0),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON instead of the table."),
+    model: Optional[str] = _opt("the adapter's base model, else smollm2-135m", "Base model.", "--model", "-m"),
+    domain: Optional[str] = _opt("the adapter's domain, else news", f"Domain: {', '.join(DOMAINS)}.", "--domain", "-d"),
+    out: Optional[str] = _opt("<adapter>.eval-<task>-<split>.json beside the adapter folder "
+                              "(adapters/base-<domain>.eval-<task>-<split>.json for none)", "Metrics JSON file.",
+                              "--out", "-o"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per forward pass.", min=1),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = all cores).", min=0),
+    force: bool = typer.Option(False, "--force", help="Load an adapter even if it was trained on another base."),
+) -> None:
+    """Evaluate an adapter (or the untrained base) on one split: a metrics table and a metrics JSON file."""
+    from .evaluate import evaluate, format_table
+
+    report = evaluate(adapter, data=data, fmt=fmt, task=task, split=split, limit=limit, model=model, domain=domain,
+                      out=out, batch_size=batch_size, threads=threads, force=force, show_progress=not as_json)
+    if as_json:
+        print(json.dumps(report.payload, indent=2))
+    else:
+        print(format_table(report.payload))
+        print(f"  metrics written to {report.path}")
 
 
 @models_app.command("list")

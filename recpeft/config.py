@@ -21,6 +21,7 @@ from .errors import UserError
 DOMAINS = ("ecommerce", "video", "news")
 METHODS = ("lora", "adalora", "adapter")
 BITS = (0, 4, 8, 16, 32)
+TASKS = ("preference", "click", "rating", "ranking", "interests")
 
 
 @dataclass
@@ -34,7 +35,9 @@ class TrainConfig:
     format: str | None = None  # data format (recpeft.data.load.FORMATS); None = detect from the files
     on_bad_rows: str = "fail"  # fail: stop at the first bad row (file:line); skip: drop and count them
     output_dir: str | None = None  # None = adapters/<domain>
-    task: str = "preference"
+    task: str = "preference"  # preference, click, rating, ranking or interests (recpeft/objectives/)
+    train_samples: int = 0  # > 0: a seeded subset of this many training examples (few-shot); 0 = all
+    negatives: int = 19  # ranking: sampled negatives per true next item
     # optimisation
     max_steps: int = 48  # > 0 caps the run; 0 = run `epochs` full passes
     epochs: int = 1
@@ -95,8 +98,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "eval_samples": (0, None), "test_samples": (0, None), "patience": (0, None), "threads": (0, 1024),
     "init_r": (1, 4096), "target_r": (1, 4096), "tinit": (0, None), "tfinal": (0, None), "delta_t": (1, None),
     "orth_reg_weight": (0.0, None), "reduction_factor": (1, 4096), "num_processes": (1, 1024),
+    "train_samples": (0, None), "negatives": (1, 10_000),
 }
-CHOICES = {"domain": DOMAINS, "method": METHODS, "task": ("preference",), "bits": BITS,
+CHOICES = {"domain": DOMAINS, "method": METHODS, "task": TASKS, "bits": BITS,
            "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer"),
            "format": tuple(DATA_FORMATS), "on_bad_rows": ON_BAD_ROWS}
 

@@ -15,19 +15,24 @@ def answer_logits(model, batch: dict[str, torch.Tensor], answer_ids: list[int]) 
 
 
 @torch.no_grad()
-def score(model, rows: list[Encoded], answer_ids: list[int], pad_id: int, batch_size: int = 16,
-          device=None, progress=None) -> list[float]:
-    """Probability of the positive answer (last of answer_ids) for each row, in input order."""
+def all_answer_logits(model, rows: list[Encoded], answer_ids: list[int], pad_id: int, batch_size: int = 16,
+                      device=None, progress=None) -> torch.Tensor:
+    """[len(rows), n_answers] answer logits of every row, in input order (batched by length, eval mode)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    probs = [0.0] * len(rows)
+    out = torch.zeros(len(rows), len(answer_ids))
     for idx in LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False):
         batch = collate([rows[i] for i in idx], pad_id)
-        logits = answer_logits(model, {k: v.to(device) for k, v in batch.items()}, answer_ids)
-        for i, v in zip(idx, torch.softmax(logits, dim=-1)[:, -1].tolist()):
-            probs[i] = v
+        out[idx] = answer_logits(model, {k: v.to(device) for k, v in batch.items()}, answer_ids).cpu()
         if progress is not None:
             progress.update(len(idx))
     model.train(was_training)
-    return probs
+    return out
+
+
+def score(model, rows: list[Encoded], answer_ids: list[int], pad_id: int, batch_size: int = 16,
+          device=None, progress=None) -> list[float]:
+    """Probability of the positive answer (last of answer_ids) for each row, in input order."""
+    logits = all_answer_logits(model, rows, answer_ids, pad_id, batch_size, device, progress)
+    return torch.softmax(logits, dim=-1)[:, -1].tolist()

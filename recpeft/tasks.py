@@ -107,3 +107,80 @@ def ranking_examples(data: RecData, negatives: int = 19, seed: int = 0, min_hist
             negs = tuple(rng.sample(pool, negatives))
             out[split].append(RankingExample(user, split, x.timestamp, tuple(events[:i]), (x.item_id,) + negs))
     return out
+
+
+def train_item_counts(data: RecData) -> dict[str, int]:
+    """How often each item occurs in the training part of the leave-one-out split (every user's events
+    but the last two), i.e. what a model could have learnt about it before validation and test."""
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for x in data.interactions:
+        by_user[x.user_id].append(x)
+    counts: dict[str, int] = defaultdict(int)
+    for events in by_user.values():
+        events = sorted(events, key=lambda x: (x.timestamp, x.item_id))
+        for x, split in zip(events, split_user(events, 1, 1)):
+            if split == "train":
+                counts[x.item_id] += 1
+    return dict(counts)
+
+
+def cold_start(examples: list[RankingExample], counts: dict[str, int], max_count: int = 2) -> list[bool]:
+    """Which ranking examples are cold-start: their true next item has <= max_count training interactions."""
+    return [counts.get(ex.candidates[0], 0) <= max_count for ex in examples]
+
+
+def item_categories(category: str) -> list[str]:
+    """An item's categories: its category field split on '|', ',' and ';' (MovieLens lists several genres)."""
+    out: list[str] = []
+    for part in category.replace("|", ",").replace(";", ",").split(","):
+        if part.strip() and part.strip() not in out:
+            out.append(part.strip())
+    return out
+
+
+def top_categories(data: RecData, events: tuple[Interaction, ...] | list[Interaction], n: int = 3) -> list[str]:
+    """The n categories most frequent among the liked events (ties: the more recent first)."""
+    count: dict[str, int] = defaultdict(int)
+    last: dict[str, int] = {}
+    for pos, x in enumerate(events):
+        if x.liked:
+            for c in item_categories(data.items[x.item_id].category):
+                count[c] += 1
+                last[c] = pos
+    return sorted(count, key=lambda c: (-count[c], -last[c], c))[:n]
+
+
+@dataclass(frozen=True)
+class InterestsExample:
+    """Interest discovery: a user's history, and the liked items of the period right after it."""
+
+    user_id: str
+    split: str
+    history: tuple[Interaction, ...]  # oldest first
+    future: tuple[Interaction, ...]  # the held-out window after the history (empty for training examples)
+
+    def truth(self, data: RecData) -> set[str]:
+        """Categories of the liked future items: what a good interest profile should name."""
+        return {c for x in self.future if x.liked for c in item_categories(data.items[x.item_id].category)}
+
+
+def interests_examples(data: RecData, window: int = 5, min_history: int = 3) -> dict[str, list[InterestsExample]]:
+    """Per user, by time: the last `window` events are the test future (history = all before them),
+    the `window` before those the validation future; every earlier position >= min_history is a
+    training example (its target, top_categories of its history, is built by the task). Users whose
+    evaluation window holds no liked item are left out of that split (nothing to recall)."""
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for x in data.interactions:
+        by_user[x.user_id].append(x)
+    out: dict[str, list[InterestsExample]] = {s: [] for s in SPLITS}
+    for user in sorted(by_user):
+        events = tuple(sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id)))
+        cut = len(events) - 2 * window
+        if cut < min_history:
+            continue
+        for split, start in (("valid", cut), ("test", cut + window)):
+            ex = InterestsExample(user, split, events[:start], events[start:start + window])
+            if ex.truth(data):
+                out[split].append(ex)
+        out["train"] += [InterestsExample(user, "train", events[:i], ()) for i in range(min_history, cut + 1)]
+    return out

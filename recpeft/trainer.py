@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -24,19 +23,16 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import __version__
 from .artifacts import check_writable, model_card, save_adapter_dir
-from .batches import encode, loader
+from .batches import loader
 from .config import TrainConfig
 from .data.csvdir import load_data
 from .data.schema import RecData
 from .domains import get_domain
 from .errors import UserError
 from .methods import adalora, get_method
-from .metrics import auc
 from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
                      tokenizer_fingerprint)
-from .prompts import TEMPLATE_ID, answer_token_ids
-from .scoring import answer_logits, score
-from .tasks import preference_examples, subsample
+from .objectives import Evaluation, get_task
 
 
 @dataclass
@@ -47,6 +43,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # training loss of every micro-batch, in order
     model: Any = None  # the trained peft model (best weights restored), for callers that keep going
     tokenizer: Any = None
+    test_outputs: dict[str, list] = field(default_factory=dict)  # per-example test scores (for ROC plots)
 
 
 def _threads(cfg: TrainConfig, num_processes: int) -> int:
@@ -81,19 +78,12 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    answer_ids = answer_token_ids(tok)
-    splits = preference_examples(data)
-    enc = lambda xs: encode(xs, data, domain, tok, cfg.history_len, cfg.max_length)  # noqa: E731
-    train_rows = enc(splits["train"])
-    valid_rows = enc(subsample(splits["valid"], cfg.eval_samples, cfg.seed))
-    test_rows = enc(subsample(splits["test"], cfg.test_samples, cfg.seed))
-    if not train_rows or not valid_rows:
-        raise UserError(f"data '{data.name}' yields {len(train_rows)} training and {len(valid_rows)} validation "
-                        "examples; need users with at least 5 interactions")
-    for name, rows in (("training", train_rows), ("validation", valid_rows)):
-        if len({r.label for r in rows}) < 2:
-            raise UserError(f"data '{data.name}': every {name} example has the same label; preference training "
-                            "needs likes and dislikes (ratings > 3 and <= 3, or clicks 1 and 0)")
+    task = get_task(cfg.task, data, domain, tok, cfg)
+    train_rows = task.train_rows(cfg.train_samples)
+    valid_rows = task.eval_set("valid", cfg.eval_samples)
+    test_rows = task.eval_set("test", cfg.test_samples)
+    task.check_rows(train_rows, valid_rows)
+    main_key = f"valid_{task.main_metric}"
 
     targets = cfg.target_modules or default_targets(model)
     train_loader = loader(train_rows, cfg.batch_size, shuffle=True, pad_id=tok.pad_token_id, seed=cfg.seed)
@@ -106,7 +96,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     if dry_run:
-        counts = {s: len(splits[s]) for s in splits}
+        counts = {s: len(v) for s, v in task.splits().items()}
         return TrainResult(None, {"dry_run": True, "examples_per_split": counts, "train_examples": len(train_rows),
                                   "valid_scored": len(valid_rows), "test_scored": len(test_rows),
                                   "trainable_parameters": n_trainable, "total_parameters": n_total,
@@ -126,25 +116,25 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
               f"{accelerator.num_processes} process(es)",
               flush=True)
 
-    def evaluate(rows, what: str, base: bool = False) -> float:
+    def evaluate(rows, what: str, base: bool = False) -> Evaluation:
         bar = tqdm(total=len(rows), desc=f"eval {what}", leave=False, disable=not (main and show_progress))
         peft_model = accelerator.unwrap_model(model)
         # The untrained adapter is a no-op (LoRA B = 0); disabling it skips its extra matmuls.
         with method.disabled(peft_model) if base else contextlib.nullcontext():
-            probs = score(peft_model, rows, answer_ids, tok.pad_token_id,
-                          batch_size=cfg.batch_size * 2, device=accelerator.device, progress=bar)
+            result = task.evaluate(peft_model, rows, batch_size=cfg.batch_size * 2, device=accelerator.device,
+                                   progress=bar)
         bar.close()
-        return auc([r.label for r in rows], probs)
+        return result
 
-    base_valid = evaluate(valid_rows, "valid (untrained)", base=True)
-    base_test = evaluate(test_rows, "test (untrained)", base=True) if test_rows else math.nan
-    best_auc, best_step, bad_evals = base_valid, 0, 0
+    base_valid = evaluate(valid_rows, "valid (untrained)", base=True).metrics
+    base_test = evaluate(test_rows, "test (untrained)", base=True).metrics if len(test_rows) else {}
+    best_auc, best_step, bad_evals = base_valid[task.main_metric], 0, 0
     def snapshot() -> dict[str, torch.Tensor]:
         """A copy of the trainable weights: the best adapter so far."""
         return {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
     best_state = snapshot()
-    history = [{"step": 0, "valid_auc": base_valid}]
+    history = [{"step": 0, main_key: best_auc}]
 
     step, stop, running, step_seconds = 0, False, [], []
     bar = tqdm(total=total_steps, desc=f"train {cfg.domain}", disable=not (main and show_progress))
@@ -154,8 +144,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
         for batch in train_loader:
             tick = time.perf_counter()
             with accelerator.accumulate(model):
-                logits = answer_logits(model, batch, answer_ids)
-                loss = F.cross_entropy(logits, batch["labels"])
+                loss = task.loss(model, batch)
                 if hasattr(method, "extra_loss"):
                     loss = loss + method.extra_loss(accelerator.unwrap_model(model))
                 accelerator.backward(loss)
@@ -175,11 +164,12 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
             bar.update(1)
             bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}")
             if step % cfg.eval_every == 0 or step == total_steps:
-                valid_auc = evaluate(valid_rows, f"valid @ {step}")
-                history.append({"step": step, "valid_auc": valid_auc, "loss": sum(running[-20:]) / len(running[-20:])})
+                valid_auc = evaluate(valid_rows, f"valid @ {step}").metrics[task.main_metric]
+                history.append({"step": step, main_key: valid_auc, "loss": sum(running[-20:]) / len(running[-20:])})
                 if main:
-                    bar.write(f"[recpeft] step {step}: loss {history[-1]['loss']:.4f}  valid AUC {valid_auc:.4f}")
-                if valid_auc > best_auc:
+                    bar.write(f"[recpeft] step {step}: loss {history[-1]['loss']:.4f}  valid {task.main_metric} "
+                              f"{valid_auc:.4f}")
+                if task.better(valid_auc, best_auc):
                     best_auc, best_step, bad_evals = valid_auc, step, 0
                     best_state = snapshot()
                 else:
@@ -191,9 +181,9 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
             break
     bar.close()
     if history[-1]["step"] != step and not stop:  # the data ran out before total_steps: judge the last weights too
-        valid_auc = evaluate(valid_rows, f"valid @ {step}")
-        history.append({"step": step, "valid_auc": valid_auc, "loss": sum(running[-20:]) / max(1, len(running[-20:]))})
-        if valid_auc > best_auc:
+        valid_auc = evaluate(valid_rows, f"valid @ {step}").metrics[task.main_metric]
+        history.append({"step": step, main_key: valid_auc, "loss": sum(running[-20:]) / max(1, len(running[-20:]))})
+        if task.better(valid_auc, best_auc):
             best_auc, best_step = valid_auc, step
             best_state = snapshot()
 
@@ -204,10 +194,14 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
                 p.copy_(best_state[n])
     if cfg.method == "adalora":
         adalora.apply_rank_pattern(final)  # the saved file holds only the final budget's ranks
-    test_auc = evaluate(test_rows, "test (adapter)") if test_rows else math.nan
+    test_eval = evaluate(test_rows, "test (adapter)") if len(test_rows) else Evaluation({})
     metrics = {
-        "valid_auc_base": base_valid, "valid_auc": best_auc, "valid_n": len(valid_rows),
-        "test_auc_base": base_test, "test_auc": test_auc, "test_n": len(test_rows),
+        "task": task.name, "main_metric": task.main_metric,
+        **{f"valid_{k}_base": v for k, v in base_valid.items() if k != "n"}, main_key: best_auc,
+        "valid_n": len(valid_rows),
+        **{f"test_{k}_base": v for k, v in base_test.items() if k != "n"},
+        **{f"test_{k}": v for k, v in test_eval.metrics.items() if k != "n"},
+        f"test_{task.main_metric}": test_eval.metrics.get(task.main_metric, math.nan), "test_n": len(test_rows),
         "best_step": best_step, "steps": step, "train_examples": len(train_rows),
         "seconds": round(time.time() - start, 1), "early_stopped": stop, "bits": bits,
         "seconds_per_micro_batch": round(sum(step_seconds) / max(1, len(step_seconds)), 4),
@@ -228,8 +222,8 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
     if save and main:
         meta = {
             "recpeft_version": __version__, "domain": cfg.domain, "method": cfg.method, "task": cfg.task,
-            "positive_verb": domain.positive_verb, "prompt_template": TEMPLATE_ID,
-            "verbalizer": {"answers": ["No", "Yes"], "token_ids": answer_ids},
+            "positive_verb": domain.positive_verb, "prompt_template": task.template_id,
+            "verbalizer": task.verbalizer(),
             "base_model": {"name": cfg.model, "source": source, "fingerprint": fingerprint(final.config, tok),
                            "config_fingerprint": config_fingerprint(final.config),
                            "tokenizer_fingerprint": tokenizer_fingerprint(tok),
@@ -242,4 +236,4 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
                                        model_card(meta)))
     accelerator.wait_for_everyone()
     metrics["seconds"] = round(time.time() - start, 1)
-    return TrainResult(written, metrics, history, running, final, tok)
+    return TrainResult(written, metrics, history, running, final, tok, test_eval.outputs)

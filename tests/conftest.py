@@ -14,15 +14,15 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
-    """Save a 2-layer llama with a word-level vocabulary covering the embedded samples' text."""
+def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2, extra_text: str = "") -> Path:
+    """Save a 2-layer llama with a word-level vocabulary covering the embedded samples' text (and extra_text)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from recpeft.data.csvdir import load_sample
     from recpeft.domains import DOMAINS
 
-    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?"]
+    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", extra_text]
     for name, dom in DOMAINS.items():
         data = load_sample(name)
         texts += [i.text() for i in data.items.values()]
@@ -45,6 +45,16 @@ def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+TASK_TEXT = ("1 2 3 4 5 , Ratings from 1 to 5 How would the user rate this Answer with a single digit "
+             "List this user's 3 favourite comma-separated genres topics product categories")
+
+
+@pytest.fixture(scope="session")
+def tiny_task_model(tmp_path_factory) -> Path:
+    """The tiny model with digits, commas and the rating/interests prompt words in its vocabulary."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-task-llama"), extra_text=TASK_TEXT)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,114 @@
+"""`recpeft eval`: score a saved adapter, or the untrained base (zero-shot), on one split of a task.
+
+With an adapter, everything not given defaults to what the adapter was trained with (its
+recpeft.json: domain, task, prompt template, base model, data, history length, negatives, seed), so
+`recpeft eval --adapter adapters/news` repeats the training run's test evaluation on the whole
+split. The metrics JSON is written atomically next to the adapter folder
+(`<adapter>.eval-<task>-<split>.json`) or to --out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifacts import check_file_writable, read_meta, write_json_atomic
+from .config import FIELDS, build_config
+from .errors import UserError
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, float]
+    payload: dict[str, Any]  # what the JSON file holds
+    path: Path | None  # where it was written
+    outputs: dict[str, list] = field(default_factory=dict)  # per-example scores (for plots)
+
+
+def default_out(adapter: str | None, domain: str, task: str, split: str) -> Path:
+    if adapter:
+        folder = Path(adapter)
+        return folder.parent / f"{folder.name}.eval-{task}-{split}.json"
+    return Path("adapters") / f"base-{domain}.eval-{task}-{split}.json"
+
+
+def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = None, task: str | None = None,
+             split: str = "test", limit: int = 0, model: str | None = None, domain: str | None = None,
+             out: str | None = None, batch_size: int = 16, threads: int = 0, force: bool = False,
+             show_progress: bool = True, write: bool = True) -> EvalReport:
+    """Evaluate `adapter` (a folder; None or "none" = the untrained base) and write the metrics JSON."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data.csvdir import load_data
+    from .data.schema import RecData
+    from .domains import get_domain
+    from .models import load_base, resolve_bits
+    from .objectives import get_task
+
+    start = time.time()
+    adapter = None if adapter in (None, "", "none") else adapter
+    trained: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    if adapter:
+        meta = read_meta(Path(adapter))
+        trained = {k: v for k, v in meta.get("train_config", {}).items() if k in FIELDS}
+        trained["model"] = meta.get("base_model", {}).get("name", trained.get("model"))
+    given = {"domain": domain, "task": task, "model": model, "data": data, "format": fmt}
+    cfg = build_config(**{**trained, "output_dir": None, **{k: v for k, v in given.items() if v is not None}})
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"unknown split '{split}'; choose from train, valid, test")
+    out_path = Path(out) if out else default_out(adapter, cfg.domain, cfg.task, split)
+    if write:
+        check_file_writable(out_path)
+    torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
+
+    dataset = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
+    if not isinstance(dataset, RecData):
+        raise UserError(f"data '{dataset.name}' is instruction data (alpaca); recpeft eval scores tasks on "
+                        "interactions (users, items, ratings or clicks)")
+    base, tok, source = load_base(cfg.model, bits=resolve_bits(cfg.bits))
+    the_task = get_task(cfg.task, dataset, get_domain(cfg.domain), tok, cfg)
+    if adapter and meta.get("task") == cfg.task and meta.get("prompt_template") != the_task.template_id:
+        raise UserError(f"adapter was trained with prompt template '{meta.get('prompt_template')}', this recpeft "
+                        f"writes '{the_task.template_id}' for the {cfg.task} task", str(adapter))
+    evalset = the_task.eval_set(split, limit)
+    if not len(evalset):
+        raise UserError(f"data '{dataset.name}' has no {split} examples for the {cfg.task} task")
+    if adapter:
+        from .methods import load_adapter
+
+        net = load_adapter(base, adapter, tokenizer=tok, force=force)
+    else:
+        net = base
+    bar = tqdm(total=len(evalset.rows), desc=f"eval {cfg.task} {split}", leave=False, disable=not show_progress)
+    result = the_task.evaluate(net, evalset, batch_size=batch_size, progress=bar)
+    bar.close()
+    payload = {
+        "adapter": str(adapter) if adapter else None, "base_model": cfg.model, "domain": cfg.domain,
+        "task": cfg.task, "prompt_template": the_task.template_id, "split": split, "limit": limit,
+        "data": {"name": dataset.name, "fingerprint": dataset.fingerprint()}, "main_metric": the_task.main_metric,
+        "higher_is_better": the_task.higher_is_better, "metrics": result.metrics,
+        "seconds": round(time.time() - start, 1),
+    }
+    if write:
+        write_json_atomic(out_path, payload)
+    return EvalReport(result.metrics, payload, out_path if write else None, result.outputs)
+
+
+def format_table(payload: dict[str, Any]) -> str:
+    """The metrics as an aligned two-column table, main metric first and marked."""
+    who = payload["adapter"] or f"{payload['base_model']} (untrained base, zero-shot)"
+    lines = [f"recpeft eval — {payload['domain']} / {payload['task']} / {payload['split']} — {who}",
+             f"  {'metric':<22}{'value':>10}"]
+    main = payload["main_metric"]
+    for key in [main] + [k for k in payload["metrics"] if k != main]:
+        value = payload["metrics"][key]
+        shown = f"{value:>10.4f}" if isinstance(value, float) else f"{value:>10}"
+        mark = "  (main; lower is better)" if key == main and not payload["higher_is_better"] else \
+            "  (main)" if key == main else ""
+        lines.append(f"  {key:<22}{shown}{mark}")
+    return "\n".join(lines)
