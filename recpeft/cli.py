@@ -139,7 +139,8 @@ def _print_summary(cfg: TrainConfig, result) -> None:
     fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     key = m.get("main_metric", "auc")
     print(f"\nrecpeft train — {cfg.domain} / {cfg.task} / {cfg.method} on {cfg.model}")
-    print(f"  {'split':<8}{'examples':>10}{key + ' base':>15}{key + ' adapter':>17}{'gain':>9}")
+    label = key.upper()  # AUC, RMSE, NDCG@10, F1
+    print(f"  {'split':<8}{'examples':>10}{label + ' base':>15}{label + ' adapter':>17}{'gain':>9}")
     for split in ("valid", "test"):
         base, tuned = m.get(f"{split}_{key}_base", math.nan), m.get(f"{split}_{key}", math.nan)
         gain = tuned - base if not (math.isnan(base) or math.isnan(tuned)) else None

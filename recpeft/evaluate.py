@@ -38,8 +38,12 @@ def default_out(adapter: str | None, domain: str, task: str, split: str) -> Path
 def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = None, task: str | None = None,
              split: str = "test", limit: int = 0, model: str | None = None, domain: str | None = None,
              out: str | None = None, batch_size: int = 16, threads: int = 0, force: bool = False,
-             show_progress: bool = True, write: bool = True) -> EvalReport:
-    """Evaluate `adapter` (a folder; None or "none" = the untrained base) and write the metrics JSON."""
+             show_progress: bool = True, write: bool = True, overrides: dict[str, Any] | None = None) -> EvalReport:
+    """Evaluate `adapter` (a folder; None or "none" = the untrained base) and write the metrics JSON.
+
+    overrides: other TrainConfig settings (history_len, negatives, seed...) for the prompts and splits;
+    the adapter's own training settings otherwise, else the defaults.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -58,7 +62,8 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
         trained = {k: v for k, v in meta.get("train_config", {}).items() if k in FIELDS}
         trained["model"] = meta.get("base_model", {}).get("name", trained.get("model"))
     given = {"domain": domain, "task": task, "model": model, "data": data, "format": fmt}
-    cfg = build_config(**{**trained, "output_dir": None, **{k: v for k, v in given.items() if v is not None}})
+    settings = {**trained, **(overrides or {}), "output_dir": None}
+    cfg = build_config(**{**settings, **{k: v for k, v in given.items() if v is not None}})
     if split not in ("train", "valid", "test"):
         raise UserError(f"unknown split '{split}'; choose from train, valid, test")
     out_path = Path(out) if out else default_out(adapter, cfg.domain, cfg.task, split)

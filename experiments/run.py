@@ -1,0 +1,184 @@
+"""Run one experiment of experiments/<NAME>.yaml: train and evaluate each run, write results JSON + plots.
+
+    python experiments/run.py ml100k_preference_shots            # the full experiment (see the YAML)
+    python experiments/run.py ml100k_interests --tiny            # the same pipeline at smoke-test size
+    python experiments/run.py NAME --set max_steps=4 --set model=PATH --out DIR
+
+Writes <out>/<NAME>.json (config, machine, per-run valid/test metrics with the untrained base's on the
+same examples, validation history, training losses, seconds), <out>/<NAME>-learning-curve.png and,
+for preference/click, <out>/<NAME>-roc.png. <out> defaults to experiments/results (results/tiny for
+--tiny). Adapters go to adapters/experiments/<NAME>/<run> (git-ignored). Needs matplotlib
+(`pip install -e ".[experiments]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recpeft.artifacts import write_json_atomic  # noqa: E402
+from recpeft.config import build_config  # noqa: E402
+
+
+def load_spec(name: str, tiny: bool, sets: list[str]) -> dict[str, Any]:
+    """The experiment's YAML, with its `tiny` section applied for --tiny and `--set key=value` on top."""
+    path = ROOT / "experiments" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+        raise SystemExit(f"no experiment {name!r}; known: {', '.join(known)}")
+    spec = yaml.safe_load(path.read_text())
+    if tiny:
+        small = spec.get("tiny", {})
+        spec.update({k: v for k, v in small.items() if k not in ("train",)})
+        spec["train"] = {**spec["train"], **small.get("train", {})}
+    for item in sets:
+        key, _, value = item.partition("=")
+        spec["train"][key] = yaml.safe_load(value)
+    return spec
+
+
+def data_args(spec: dict[str, Any]) -> dict[str, Any]:
+    """The data path (relative to the repository root) and format, as TrainConfig / evaluate want them."""
+    data = spec.get("data")
+    return {"data": str((ROOT / data).resolve()) if data else None, "format": spec.get("format")}
+
+
+def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path | None = None,
+                   adapters: Path | None = None) -> dict[str, Any]:
+    from recpeft.evaluate import evaluate
+    from recpeft.trainer import train
+
+    spec = load_spec(name, tiny, sets or [])
+    out = out or ROOT / "experiments" / "results" / ("tiny" if tiny else "")
+    adapters = adapters or ROOT / "adapters" / "experiments" / name
+    data = data_args(spec)
+    base_cfg = build_config(**spec["train"], **data)
+    results: dict[str, Any] = {
+        "experiment": name, "description": spec.get("description", ""), "tiny": tiny,
+        "command": " ".join(["python", "experiments/run.py", name] + (["--tiny"] if tiny else [])
+                            + [f"--set {s}" for s in sets or []]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "data": {"path": data["data"], "format": data["format"]}, "train": base_cfg.to_dict(), "runs": [],
+    }
+    outputs: dict[str, dict[str, list]] = {}
+    for run in spec["runs"]:
+        run = dict(run)
+        run_name, zero_shot = run.pop("name"), run.pop("zero_shot", False)
+        start = time.time()
+        if zero_shot:
+            cfg = base_cfg
+            report = evaluate("none", data=data["data"], fmt=data["format"], task=cfg.task, split="test",
+                              limit=cfg.test_samples, model=cfg.model, domain=cfg.domain, write=False,
+                              overrides=cfg.to_dict())
+            row = {"name": run_name, "kind": "zero-shot", "test": report.metrics}
+            outputs[run_name] = report.outputs
+        else:
+            cfg = build_config(**{**spec["train"], **run, **data, "output_dir": str(adapters / run_name)})
+            result = train(cfg)
+            m = result.metrics
+            row = {"name": run_name, "kind": cfg.method, "overrides": run,
+                   "valid": {m["main_metric"]: m[f"valid_{m['main_metric']}"], "n": m["valid_n"]},
+                   "valid_base": _split(m, "valid", base=True), "test": _split(m, "test"),
+                   "test_base": _split(m, "test", base=True), "best_step": m["best_step"], "steps": m["steps"],
+                   "train_examples": m["train_examples"], "history": result.history, "losses": result.losses,
+                   "adapter": result.output_dir}
+            outputs[run_name] = result.test_outputs
+        row["seconds"] = round(time.time() - start, 1)
+        if "generated" in outputs[run_name]:  # interests: what the model actually wrote, for the reader
+            row["generated_examples"] = outputs[run_name]["generated"][:5]
+        results["runs"].append(row)
+        print(f"[experiments] {name}/{run_name}: test {row['test']} ({row['seconds']:.0f} s)", flush=True)
+    results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
+    write_json_atomic(out / f"{name}.json", results)
+    print(f"[experiments] wrote {out / f'{name}.json'}")
+    return results
+
+
+def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str, Any]:
+    """One split's metrics out of the trainer's flat dict (test_auc, test_auc_base, ...)."""
+    suffix = "_base" if base else ""
+    out = {k[len(split) + 1:len(k) - len(suffix)]: v for k, v in metrics.items()
+           if k.startswith(f"{split}_") and k.endswith(suffix) and (base or not k.endswith("_base"))}
+    out.pop("n", None)
+    out["n"] = metrics.get(f"{split}_n")
+    return out
+
+
+def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str, dict[str, list]],
+         out: Path) -> list[str]:
+    """Learning curve (validation main metric per step, training loss per micro-batch) and ROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
+    if "learning_curve" in kinds and trained:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for r in trained:
+            key = next(k for k in r["history"][0] if k.startswith("valid_"))
+            left.plot([h["step"] for h in r["history"]], [h[key] for h in r["history"]], marker="o", label=r["name"])
+            right.plot(r["losses"], alpha=0.8, label=r["name"])
+        left.set(xlabel="optimiser step", ylabel=key.replace("_", " "), title=f"{name}: validation")
+        right.set(xlabel="micro-batch", ylabel="training loss", title="training loss")
+        left.legend(), right.legend()
+        written.append(_save(fig, out / f"{name}-learning-curve.png"))
+    with_labels = {k: v for k, v in outputs.items() if "labels" in v and len(set(v["labels"])) > 1}
+    if "roc" in kinds and with_labels:
+        from sklearn.metrics import roc_auc_score, roc_curve
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for run_name, o in with_labels.items():
+            fpr, tpr, _ = roc_curve(o["labels"], o["scores"])
+            ax.plot(fpr, tpr, label=f"{run_name} (AUC {roc_auc_score(o['labels'], o['scores']):.3f})")
+        ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{name}: test ROC")
+        ax.legend(loc="lower right")
+        written.append(_save(fig, out / f"{name}-roc.png"))
+    return written
+
+
+def _save(fig, path: Path) -> str:
+    """Write a figure atomically (temp sibling, then rename)."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path.name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="experiment: the stem of a YAML file in experiments/")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test size (the YAML's tiny section)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training key (repeatable)")
+    parser.add_argument("--out", type=Path, help="results folder")
+    parser.add_argument("--adapters", type=Path, help="folder for the runs' adapters")
+    args = parser.parse_args(argv)
+    from recpeft.errors import UserError
+
+    try:
+        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters)
+    except UserError as exc:
+        raise SystemExit(f"experiments: error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

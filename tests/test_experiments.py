@@ -1,0 +1,38 @@
+"""experiments/run.py end to end at smoke-test size: every experiment YAML runs, results JSON + plots land."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import run as runner  # noqa: E402
+
+pytest.importorskip("matplotlib", reason="plots need the experiments extra: pip install -e '.[experiments]'")
+
+
+@pytest.mark.parametrize("name, plots", [
+    ("ml100k_preference_shots", {"learning-curve", "roc"}),
+    ("scientific_ranking", {"learning-curve"}),
+    ("ml100k_interests", {"learning-curve"}),
+])
+def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path):
+    results = runner.run_experiment(name, tiny=True, sets=[f"model={tiny_task_model}", "threads=1"],
+                                    out=tmp_path / "results", adapters=tmp_path / "adapters")
+    saved = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert saved["experiment"] == name and saved["tiny"] is True
+    assert [r["name"] for r in saved["runs"]] == [r["name"] for r in results["runs"]]
+    spec_runs = runner.load_spec(name, True, [])["runs"]
+    assert len(saved["runs"]) == len(spec_runs)
+    for run in saved["runs"]:
+        assert run["test"]["n"] > 0 and run["seconds"] >= 0
+        if run["kind"] != "zero-shot":
+            assert run["test_base"]["n"] == run["test"]["n"] and len(run["history"]) >= 2
+            assert (tmp_path / "adapters" / run["name"] / "recpeft.json").is_file()
+    assert {p.split(f"{name}-")[1][:-4] for p in saved["plots"]} == plots
+    for p in saved["plots"]:
+        assert (tmp_path / "results" / p).stat().st_size > 1000
+    if name == "ml100k_interests":
+        assert "generated_examples" in saved["runs"][0]
