@@ -94,6 +94,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
                    "train_examples": m["train_examples"], "history": result.history, "losses": result.losses,
                    "adapter": result.output_dir}
             outputs[run_name] = result.test_outputs
+            if spec.get("cold_samples") and cfg.task == "ranking":
+                row["cold_test"], row["cold_test_base"] = cold_slice(cfg, result, spec["cold_samples"])
         row["seconds"] = round(time.time() - start, 1)
         if "generated" in outputs[run_name]:  # interests: what the model actually wrote, for the reader
             row["generated_examples"] = outputs[run_name]["generated"][:5]
@@ -103,6 +105,24 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
     write_json_atomic(out / f"{name}.json", results)
     print(f"[experiments] wrote {out / f'{name}.json'}")
     return results
+
+
+def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ranking metrics of the trained adapter and of its base on `limit` cold-start test users only."""
+    from recpeft.data.csvdir import load_data
+    from recpeft.domains import get_domain
+    from recpeft.methods import get_method
+    from recpeft.objectives import get_task
+
+    data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
+    task = get_task("ranking", data, get_domain(cfg.domain), result.tokenizer, cfg)
+    cold = task.cold_eval_set("test", limit)
+    if not len(cold):  # e.g. the embedded samples: every item there has many interactions
+        return {"n": 0}, {"n": 0}
+    tuned = task.evaluate(result.model, cold, batch_size=cfg.batch_size * 2).metrics
+    with get_method(cfg.method).disabled(result.model):
+        base = task.evaluate(result.model, cold, batch_size=cfg.batch_size * 2).metrics
+    return tuned, base
 
 
 def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .data.schema import Interaction, RecData
+from .data.schema import Interaction, Item, RecData
 from .prompts import PreferencePrompt
 
 SPLITS = ("train", "valid", "test")
@@ -129,13 +129,9 @@ def cold_start(examples: list[RankingExample], counts: dict[str, int], max_count
     return [counts.get(ex.candidates[0], 0) <= max_count for ex in examples]
 
 
-def item_categories(category: str) -> list[str]:
-    """An item's categories: its category field split on '|', ',' and ';' (MovieLens lists several genres)."""
-    out: list[str] = []
-    for part in category.replace("|", ",").replace(";", ",").split(","):
-        if part.strip() and part.strip() not in out:
-            out.append(part.strip())
-    return out
+def item_categories(item: Item) -> list[str]:
+    """An item's category labels (MovieLens genres, an Amazon category path, a MIND topic), deduplicated."""
+    return list(dict.fromkeys(c.strip() for c in item.categories if c.strip()))
 
 
 def top_categories(data: RecData, events: tuple[Interaction, ...] | list[Interaction], n: int = 3) -> list[str]:
@@ -144,7 +140,7 @@ def top_categories(data: RecData, events: tuple[Interaction, ...] | list[Interac
     last: dict[str, int] = {}
     for pos, x in enumerate(events):
         if x.liked:
-            for c in item_categories(data.items[x.item_id].category):
+            for c in item_categories(data.items[x.item_id]):
                 count[c] += 1
                 last[c] = pos
     return sorted(count, key=lambda c: (-count[c], -last[c], c))[:n]
@@ -161,7 +157,7 @@ class InterestsExample:
 
     def truth(self, data: RecData) -> set[str]:
         """Categories of the liked future items: what a good interest profile should name."""
-        return {c for x in self.future if x.liked for c in item_categories(data.items[x.item_id].category)}
+        return {c for x in self.future if x.liked for c in item_categories(data.items[x.item_id])}
 
 
 def interests_examples(data: RecData, window: int = 5, min_history: int = 3) -> dict[str, list[InterestsExample]]:

@@ -133,7 +133,7 @@ def test_better_follows_the_main_metric(tiny_task_model):
 
 
 def _toy_data() -> RecData:
-    items = {f"i{k}": Item(f"i{k}", f"title {k}", cat) for k, cat in
+    items = {f"i{k}": Item(f"i{k}", f"title {k}", categories=tuple(cat.split("|"))) for k, cat in
              enumerate(["A", "A|B", "B", "C", "C", "D", "A", "B", "D", "C", "A", "B"])}
     seq = {"u1": ["i0", "i1", "i2", "i3", "i6", "i7", "i10", "i11", "i4", "i5"],
            "u2": ["i0", "i1", "i2", "i6", "i7", "i10", "i11", "i3", "i4", "i9"]}
@@ -156,14 +156,26 @@ def test_cold_start_slice_counts_training_interactions_only():
     assert cold_start_metrics(scores, [False, False]) == {"cold_n": 0}
 
 
+def test_cold_eval_set_keeps_only_cold_targets(tiny_task_model):
+    data = _toy_data()
+    _, tok, _ = load_base(str(tiny_task_model))
+    task = get_task("ranking", data, get_domain("video"), tok, TrainConfig(negatives=1, seed=0))
+    counts = train_item_counts(data)
+    for split in ("valid", "test"):
+        cold = task.cold_eval_set(split)
+        expected = [ex for ex in ranking_examples(data, 1, 0)[split] if counts.get(ex.candidates[0], 0) <= 2]
+        assert cold.examples == expected and all(cold.extra["cold"])
+    assert [ex.candidates[0] for ex in task.cold_eval_set("valid").examples] == ["i4", "i4"]
+
+
 def test_interests_examples_look_only_forward():
     data = _toy_data()
-    assert item_categories("A|B") == ["A", "B"] and item_categories("Sci-Fi") == ["Sci-Fi"]
+    assert item_categories(data.items["i1"]) == ["A", "B"] and item_categories(Item("x", "t", "Sci-Fi")) == ["Sci-Fi"]
     splits = interests_examples(data, window=3, min_history=2)
     test = {ex.user_id: ex for ex in splits["test"]}
     u1 = test["u1"]
     assert [x.item_id for x in u1.future] == ["i11", "i4", "i5"] and len(u1.history) == 7
-    assert u1.truth(data) == {c for x in u1.future if x.liked for c in item_categories(data.items[x.item_id].category)}
+    assert u1.truth(data) == {c for x in u1.future if x.liked for c in data.items[x.item_id].categories}
     for ex in splits["train"]:
         assert not ex.future and len(ex.history) <= 10 - 6
     # liked = rating 5 at t % 3 != 0; i1 (A|B) counts for both

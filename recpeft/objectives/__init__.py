@@ -93,11 +93,13 @@ class Task:
         """Encoded training rows from a seeded subset of `samples` training examples (0 = all)."""
         return self.encode_train(subsample(self.splits()["train"], samples, self.cfg.seed))
 
-    def eval_set(self, split: str, limit: int = 0) -> EvalSet:
-        """A seeded subset of `limit` examples (0 = all) of one split, encoded for evaluation."""
+    def eval_set(self, split: str, limit: int = 0, where=None) -> EvalSet:
+        """A seeded subset of `limit` examples (0 = all) of one split, encoded for evaluation;
+        `where(example)` keeps only the examples it is true for (a slice), before subsampling."""
         if split not in ("train", "valid", "test"):
             raise UserError(f"unknown split '{split}'; choose from train, valid, test")
-        return self.encode_eval(subsample(self.splits()[split], limit, self.cfg.seed))
+        examples = [ex for ex in self.splits()[split] if where is None or where(ex)]
+        return self.encode_eval(subsample(examples, limit, self.cfg.seed))
 
     def better(self, new: float, old: float) -> bool:
         """Is `new` an improvement on `old` in the main metric? (NaN never is; anything beats NaN.)"""

@@ -63,7 +63,7 @@ class InterestsTask(Task):
     template_id = "interests-v1"
 
     def check_data(self) -> None:
-        self.known = {c for item in self.data.items.values() for c in item_categories(item.category)}
+        self.known = {c for item in self.data.items.values() for c in item_categories(item)}
         if not self.known:
             raise UserError(f"the interests task needs item categories (genres, topics); data '{self.data.name}' "
                             "has none")

@@ -56,6 +56,12 @@ class RankingTask(PreferenceTask):
         return EvalSet(super().encode_train(flat), examples,
                        {"cold": cold_start(examples, counts, COLD_MAX_COUNT)})
 
+    def cold_eval_set(self, split: str = "test", limit: int = 0) -> EvalSet:
+        """Only the cold-start examples of a split (true item with <= COLD_MAX_COUNT training interactions):
+        a slice big enough to compare on, where a random subset of the split holds few of them."""
+        counts = train_item_counts(self.data)
+        return self.eval_set(split, limit, where=lambda ex: counts.get(ex.candidates[0], 0) <= COLD_MAX_COUNT)
+
     def check_rows(self, train: list[Encoded], valid: EvalSet) -> None:
         super(PreferenceTask, self).check_rows(train, valid)  # labels are 1 and 0 by construction
 
