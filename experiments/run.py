@@ -54,7 +54,7 @@ def data_args(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path | None = None,
-                   adapters: Path | None = None) -> dict[str, Any]:
+                   adapters: Path | None = None, data_path: str | None = None) -> dict[str, Any]:
     from recpeft.evaluate import evaluate
     from recpeft.trainer import train
 
@@ -62,6 +62,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
     out = out or ROOT / "experiments" / "results" / ("tiny" if tiny else "")
     adapters = adapters or ROOT / "adapters" / "experiments" / name
     data = data_args(spec)
+    if data_path:  # the YAML's path is relative to a checkout beside ../shared/data; elsewhere, say where it is
+        data["data"] = str(Path(data_path).resolve())
     base_cfg = build_config(**spec["train"], **data)
     results: dict[str, Any] = {
         "experiment": name, "description": spec.get("description", ""), "tiny": tiny,
@@ -191,11 +193,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a training key (repeatable)")
     parser.add_argument("--out", type=Path, help="results folder")
     parser.add_argument("--adapters", type=Path, help="folder for the runs' adapters")
+    parser.add_argument("--data", help="data path instead of the YAML's (e.g. /work/shared/data/ml-100k)")
     args = parser.parse_args(argv)
     from recpeft.errors import UserError
 
     try:
-        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters)
+        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters, args.data)
     except UserError as exc:
         raise SystemExit(f"experiments: error: {exc}") from None
 
