@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UserError
+from .faults import kill_point
 
 FORMAT_VERSION = 1
 CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", "recpeft.json", "README.md"}
@@ -33,6 +35,12 @@ def _can_create_in(parent: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_can_create(folder: Path, what: str = "output folder") -> None:
+    """Fail before any work if `folder` could not be created (or written in). Creates nothing."""
+    if not _can_create_in(Path(folder)):
+        raise UserError(f"{what} is not writable", str(folder))
 
 
 def check_writable(out_dir: Path) -> None:
@@ -69,25 +77,57 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
-    """save_weights(folder) writes adapter_model.safetensors + adapter_config.json into folder."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_LEFTOVER = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)(-.*)?$")
+
+
+def remove_stale_leftovers(folder: Path) -> None:
+    """Delete hidden temp/old folders (`.name.tmp-<pid>-*`, `.name.old-<pid>`) whose process is gone:
+    what a kill in the middle of a save leaves behind."""
+    for leftover in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        m = _LEFTOVER.match(leftover.name)
+        if m and leftover.is_dir() and not _alive(int(m.group(3))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_dir_atomic(path: Path) -> None:
+    """Delete a folder so that its name disappears at once (rename aside first, then delete)."""
+    aside = Path(path).with_name(f".{Path(path).name}.old-{os.getpid()}")
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_dir_atomic(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Build a folder with fill(tmp) in a temporary sibling, then rename it into place.
+
+    An existing out_dir is moved aside first and deleted after the new one is in place, so a crash at
+    any moment leaves out_dir either complete (old or new) or absent, never partial. Temp siblings are
+    hidden (`.name.tmp-<pid>-...`) and removed by the next save once their process is gone.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    remove_stale_leftovers(out_dir.parent)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; an adapter dir is a normal folder
-        save_weights(tmp)
-        (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
-        write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})
-        extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
-        for name in extra:  # keep the contract exact whatever the peft version adds
-            shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; artefact dirs are normal folders
+        fill(tmp)
         for f in tmp.iterdir():  # temp-file writers create owner-only files; these are normal artefacts
             os.chmod(f, 0o666 & ~_umask())
+        kill_point(f"rename:{out_dir.name}")
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
+            kill_point(f"swap:{out_dir.name}")
         os.replace(tmp, out_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -95,6 +135,39 @@ def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
+    """save_weights(folder) writes adapter_model.safetensors + adapter_config.json into folder."""
+
+    def fill(tmp: Path) -> None:
+        save_weights(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
+        write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})
+        extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
+        for name in extra:  # keep the contract exact whatever the peft version adds
+            shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
+
+    return write_dir_atomic(out_dir, fill)
+
+
+def verify_adapter_dir(folder: str | Path) -> None:
+    """Refuse a folder that is not a complete adapter: weights must be a readable safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError("adapter folder not found", str(folder))
+    missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"incomplete adapter folder: {', '.join(missing)} missing "
+                        "(weights are read from safetensors only)", str(folder))
+    weights = folder / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"corrupt safetensors file: {exc}", str(weights)) from None
 
 
 def read_meta(adapter_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from .config import DOMAINS, METHODS, TASKS, TrainConfig, build_config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 app = typer.Typer(
     help="Parameter-efficient fine-tuning of decoder LLMs for recommendation (LoRA adapters per domain).",
@@ -89,6 +89,15 @@ def train(
                                                           "[default: off]", show_default=False),
     num_processes: Optional[int] = _opt(_D.num_processes, "Processes for data-parallel training (one per GPU; "
                                         "gloo DDP on CPU), launched through accelerate.", "--num-processes"),
+    checkpoint_every: Optional[int] = _opt(_D.checkpoint_every, "Save a checkpoint (adapter, optimiser, scheduler, "
+                                           "RNG, data position) every N steps; 0 = only at the end and on Ctrl-C.",
+                                           "--checkpoint-every"),
+    keep_checkpoints: Optional[int] = _opt(_D.keep_checkpoints, "Newest checkpoints kept per run.",
+                                           "--keep-checkpoints"),
+    runs_dir: Optional[str] = _opt(_D.runs_dir, "Checkpoints go to RUNS_DIR/<domain>/<run-id>/checkpoint-<step>.",
+                                   "--runs-dir"),
+    resume: Optional[str] = _opt("off", "Continue a run exactly: 'latest' (newest checkpoint of this domain with "
+                                 "the same settings) or a checkpoint/run folder.", "--resume"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, the examples per split and "
                                  "the trainable/total parameters; train and write nothing."),
 ) -> None:
@@ -106,6 +115,7 @@ def train(
         threads=threads, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, delta_t=delta_t,
         orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
         placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, runs_dir=runs_dir, resume=resume,
     )
     if dry_run:
         from .config import dump_yaml
@@ -220,6 +230,24 @@ def main() -> None:
     except UserError as exc:
         print(f"recpeft: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as exc:  # Ctrl-C in training: a checkpoint was saved; 130 = 128 + SIGINT, as shells report
+        print(f"recpeft: {exc}; resume with: {resume_command()}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("recpeft: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that was run, with `--resume latest` in place of any --resume it had."""
+    import shlex
+
+    args, out, skip = list(sys.argv[1:] if argv is None else argv), [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            out.append(a)
+    return shlex.join(["recpeft", *out, "--resume", "latest"])

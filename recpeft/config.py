@@ -79,6 +79,11 @@ class TrainConfig:
     patience: int = 3  # evaluations without a better validation AUC before stopping (0 = never)
     # runtime
     threads: int = 0  # torch threads per process; 0 = all cores / processes
+    # checkpoints and resume: runs_dir/<domain>/<run-id>/checkpoint-<step> (see checkpoint.py)
+    checkpoint_every: int = 10  # optimiser steps between checkpoints; 0 = only at the end and on Ctrl-C
+    keep_checkpoints: int = 2  # newest checkpoints kept per run
+    runs_dir: str = "runs"
+    resume: str | None = None  # "latest" or a checkpoint (or run) folder
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("adapters") / self.domain
@@ -99,6 +104,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "init_r": (1, 4096), "target_r": (1, 4096), "tinit": (0, None), "tfinal": (0, None), "delta_t": (1, None),
     "orth_reg_weight": (0.0, None), "reduction_factor": (1, 4096), "num_processes": (1, 1024),
     "train_samples": (0, None), "negatives": (1, 10_000),
+    "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
 }
 CHOICES = {"domain": DOMAINS, "method": METHODS, "task": TASKS, "bits": BITS,
            "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer"),
@@ -113,7 +119,7 @@ def did_you_mean(word: str, options) -> str:
 def _check_value(name: str, value: Any, where: str | None) -> Any:
     """Type-check and coerce one value; raise UserError naming the key and location."""
     if value is None:
-        if name in ("data", "format", "output_dir", "target_modules"):
+        if name in ("data", "format", "output_dir", "target_modules", "resume"):
             return None
         raise UserError(f"'{name}' must not be empty", where)
     kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(FIELDS[name].type).split(" ")[0], None)

@@ -13,3 +13,12 @@ class UserError(Exception):
         self.message = message
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped training; `checkpoint` is the folder saved at `step` (None if nothing was saved)."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"interrupted at step {step}; {saved}")

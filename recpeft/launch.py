@@ -31,10 +31,12 @@ def launch(cfg: TrainConfig) -> int:
     import torch
 
     from .artifacts import check_writable
+    from .checkpoint import resolve_resume
     from .data.csvdir import load_data
 
     # Catch user errors here, once, before N processes would each report them.
     check_writable(cfg.resolved_output_dir())
+    resolve_resume(cfg)
     load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
     resolve(cfg.model)  # fetch/convert the default model once, before N processes want it
     env = dict(os.environ)

@@ -13,22 +13,25 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import __version__
-from .artifacts import check_writable, model_card, save_adapter_dir
+from . import checkpoint as ckpts
+from .artifacts import check_can_create, check_writable, model_card, save_adapter_dir
 from .batches import loader
 from .config import TrainConfig
 from .data.csvdir import load_data
 from .data.schema import RecData
 from .domains import get_domain
-from .errors import UserError
+from .errors import Interrupted, UserError
+from .faults import kill_point
 from .methods import adalora, get_method
 from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
                      tokenizer_fingerprint)
@@ -51,12 +54,29 @@ def _threads(cfg: TrainConfig, num_processes: int) -> int:
 
 
 def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_run: bool = False) -> TrainResult:
-    """Train an adapter as cfg says. dry_run: resolve and count everything, train and write nothing."""
+    """Train an adapter as cfg says. dry_run: resolve and count everything, train and write nothing.
+
+    With save, checkpoints go to runs_dir/<domain>/<run-id>/ (every cfg.checkpoint_every steps, at the
+    end, and on Ctrl-C, which then raises errors.Interrupted); cfg.resume continues one exactly.
+    """
+    with ckpts.CtrlC(enabled=save) as ctrl_c:
+        try:
+            return _train(cfg, save, show_progress, dry_run, ctrl_c)
+        except KeyboardInterrupt:  # a Ctrl-C outside the loop, or a second one: no new checkpoint
+            if ctrl_c.checkpoint is None:
+                raise
+            raise Interrupted(ctrl_c.step, ctrl_c.checkpoint) from None
+
+
+def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctrl_c: ckpts.CtrlC) -> TrainResult:
     start = time.time()
     domain = get_domain(cfg.domain)
     out_dir = cfg.resolved_output_dir()
+    resume_from = ckpts.resolve_resume(cfg)  # a bad --resume fails here, before any model is loaded
+    resumed = ckpts.load(resume_from) if resume_from else None
     if save:
         check_writable(out_dir)
+        check_can_create(Path(cfg.runs_dir) / cfg.domain, "runs folder")
     data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
     if not isinstance(data, RecData):
         raise UserError(f"data '{data.name}' is instruction data (alpaca); this trainer needs interactions "
@@ -126,22 +146,81 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
         bar.close()
         return result
 
-    base_valid = evaluate(valid_rows, "valid (untrained)", base=True).metrics
-    base_test = evaluate(test_rows, "test (untrained)", base=True).metrics if len(test_rows) else {}
-    best_auc, best_step, bad_evals = base_valid[task.main_metric], 0, 0
     def snapshot() -> dict[str, torch.Tensor]:
         """A copy of the trainable weights: the best adapter so far."""
         return {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
-    best_state = snapshot()
-    history = [{"step": 0, main_key: best_auc}]
+    fingerprints = {"data": data.fingerprint(), "base_config": config_fingerprint(accelerator.unwrap_model(model).config)}
+    if resumed is None:
+        base_valid = evaluate(valid_rows, "valid (untrained)", base=True).metrics
+        base_test = evaluate(test_rows, "test (untrained)", base=True).metrics if len(test_rows) else {}
+        best_auc, best_step, bad_evals = base_valid[task.main_metric], 0, 0
+        best_state = snapshot()
+        history = [{"step": 0, main_key: best_auc}]
+        step, stop, running, start_epoch, skip = 0, False, [], 0, 0
+        run_dir = ckpts.new_run_dir(cfg)
+    else:  # everything the loop carries from step to step comes back from the checkpoint
+        st = ckpts.check_fingerprints(resumed, fingerprints)
+        ckpts.restore(resumed, accelerator.unwrap_model(model), optimizer, scheduler,
+                      adalora if cfg.method == "adalora" else None)
+        base_valid, base_test, best_auc, best_step, bad_evals, history, step, stop, running = (
+            st[k] for k in ("base_valid", "base_test", "best_auc", "best_step", "bad_evals", "history", "step", "stop",
+                            "losses"))
+        best_state = ckpts.best_weights(resumed, accelerator.unwrap_model(model))
+        start_epoch, skip = st["epoch"], st["batches_done"]
+        accelerator.step = st["micro_step"]  # accelerate's gradient-accumulation counter
+        run_dir = resumed.run_dir
+        ctrl_c.step, ctrl_c.checkpoint = step, str(resumed.path)
+        if main:
+            print(f"[recpeft] resuming from {resumed.path}: step {step}, epoch {start_epoch}, batch {skip}", flush=True)
 
-    step, stop, running, step_seconds = 0, False, [], []
-    bar = tqdm(total=total_steps, desc=f"train {cfg.domain}", disable=not (main and show_progress))
+    def save_checkpoint(epoch: int, batches_done: int) -> None:
+        """Full training state after the current step; data position = micro-batches done in `epoch`."""
+        if accelerator.gradient_state.end_of_dataloader:  # the epoch is over: resume at the next one
+            epoch, batches_done = epoch + 1, 0
+        rng = ckpts.capture_rng()
+        rngs = [rng] if accelerator.num_processes == 1 else gather_object([rng])
+        if main:
+            unwrapped = accelerator.unwrap_model(model)
+            state = {"epoch": epoch, "batches_done": batches_done, "micro_step": accelerator.step,
+                     "base_valid": base_valid, "base_test": base_test, "best_auc": best_auc, "best_step": best_step,
+                     "bad_evals": bad_evals, "history": history, "stop": stop, "losses": running,
+                     "fingerprints": fingerprints}
+            ckpts.save(run_dir, step, cfg.keep_checkpoints, cfg=cfg, optimizer=optimizer, scheduler=scheduler,
+                       weights={n: p for n, p in unwrapped.named_parameters() if p.requires_grad},
+                       best=best_state, rngs=rngs, trainer_state=state,
+                       adalora=adalora.allocator_state(unwrapped) if cfg.method == "adalora" else None)
+        accelerator.wait_for_everyone()
+        ctrl_c.step, ctrl_c.checkpoint = step, str(Path(run_dir) / f"checkpoint-{step}")
+
+    def interrupt_requested() -> bool:
+        """Every process stops at the same step, whichever of them got the Ctrl-C."""
+        if accelerator.num_processes == 1:
+            return ctrl_c.requested
+        flag = torch.tensor([float(ctrl_c.requested)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item())
+
+    step_seconds = []
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.domain}", disable=not (main and show_progress))
     model.train()
-    for epoch in range(epochs):
+    pending_rng = resumed  # restored just before the first resumed micro-batch, as the uninterrupted run had it
+    ctrl_c.defer()  # from here a first Ctrl-C finishes the step, checkpoints and stops
+    for epoch in range(start_epoch, epochs):
+        if stop or step >= total_steps:  # resumed from the final checkpoint
+            break
         sampler.set_epoch(epoch)
-        for batch in train_loader:
+        if hasattr(train_loader, "set_epoch"):  # accelerate's loader counts epochs itself; a resumed one starts at 0
+            train_loader.set_epoch(epoch)
+        if pending_rng is not None and skip == 0:  # before the epoch's iterator draws its seed
+            ckpts.restore_rng(pending_rng, accelerator.process_index)
+            pending_rng = None
+        for batch_idx, batch in enumerate(train_loader):
+            if skip:  # resumed: this micro-batch was trained before the checkpoint
+                skip -= 1
+                continue
+            if pending_rng is not None:
+                ckpts.restore_rng(pending_rng, accelerator.process_index)
+                pending_rng = None
             tick = time.perf_counter()
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch)
@@ -161,6 +240,7 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            kill_point(f"step:{step}")
             bar.update(1)
             bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}")
             if step % cfg.eval_every == 0 or step == total_steps:
@@ -175,10 +255,17 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
                 else:
                     bad_evals += 1
                     stop = cfg.patience > 0 and bad_evals >= cfg.patience
+            interrupted = interrupt_requested()
+            if save and (interrupted or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                save_checkpoint(epoch, batch_idx + 1)
+            if interrupted:
+                bar.close()
+                raise Interrupted(step, ctrl_c.checkpoint)
             if stop or step >= total_steps:
                 break
         if stop or step >= total_steps:
             break
+    ctrl_c.immediate()  # past the loop a Ctrl-C stops at once (train() reports the last checkpoint)
     bar.close()
     if history[-1]["step"] != step and not stop:  # the data ran out before total_steps: judge the last weights too
         valid_auc = evaluate(valid_rows, f"valid @ {step}").metrics[task.main_metric]
@@ -186,6 +273,8 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
         if task.better(valid_auc, best_auc):
             best_auc, best_step = valid_auc, step
             best_state = snapshot()
+    if save:  # the end state: a crash from here on resumes straight to the test pass and the save
+        save_checkpoint(epochs, 0)
 
     final = accelerator.unwrap_model(model)
     with torch.no_grad():

@@ -74,5 +74,8 @@ def load_adapter(base, folder: str | Path, tokenizer=None, force: bool = False):
     The base model's fingerprint must match the one recorded at training time; force=True loads a
     mismatched adapter anyway, with a warning.
     """
+    from ..artifacts import verify_adapter_dir
+
+    verify_adapter_dir(folder)
     check_base(base, folder, tokenizer, force)
     return METHODS[method_of(folder)].load(base, folder)

@@ -69,3 +69,25 @@ def apply_rank_pattern(model) -> None:
             if mask is not None:
                 p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
 
+
+
+def allocator_state(model) -> tuple[dict[str, torch.Tensor], dict]:
+    """The rank allocator's running importance scores (tensors) and the current rank pattern (JSON):
+    what `update_and_allocate` carries from one step to the next, for an exact resume."""
+    alloc = model.base_model.rankallocator
+    tensors = {f"{kind}/{name}": t.detach().cpu().contiguous()
+               for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc") for name, t in getattr(alloc, kind).items()}
+    pattern = model.peft_config[model.active_adapter].rank_pattern
+    return tensors, {"rank_pattern": {k: [bool(b) for b in v] for k, v in pattern.items()} if pattern else None}
+
+
+def load_allocator_state(model, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+    """Put back what allocator_state saved."""
+    alloc = model.base_model.rankallocator
+    device = next(model.parameters()).device
+    for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        getattr(alloc, kind).clear()
+    for key, t in tensors.items():
+        kind, name = key.split("/", 1)
+        getattr(alloc, kind)[name] = t.to(device)
+    model.peft_config[model.active_adapter].rank_pattern = extra.get("rank_pattern")
