@@ -195,6 +195,25 @@ def eval_cmd(
         print(f"  metrics written to {report.path}")
 
 
+@app.command()
+def verify(
+    adapter: Path = typer.Argument(..., help="Adapter folder, e.g. adapters/news."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check it was trained on this base model "
+                                        "(fingerprint of config and tokenizer) and attaches to it."),
+    force: bool = typer.Option(False, "--force", help="Accept a base-model mismatch with a warning."),
+) -> None:
+    """Check an adapter folder: complete, weights in safetensors, and (with --model) made for that base."""
+    from transformers.utils import logging as hf_logging
+
+    from .methods import check_adapter
+
+    hf_logging.disable_progress_bar()  # stderr is for the one-line verdict
+    found = check_adapter(adapter, model, force)
+    base = f"; attaches to {model}" if model else ""
+    print(f"ok: {found['method']} adapter for {found['domain'] or 'an unknown domain'} "
+          f"(trained on {found['base_model'] or 'an unrecorded base'}) in {adapter}{base}")
+
+
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Built-in models and whether they are already converted in the cache."""
@@ -222,20 +241,32 @@ def models_pull(
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback.
 
-    Flag parsing errors are click's (usage line + message, exit 2); errors found by recpeft itself
-    (files, configs, data, models) are UserErrors.
+    Flag parsing errors (click's) and errors found by recpeft itself (files, configs, data, models:
+    UserErrors) alike. Ctrl-C during training saves a checkpoint and exits 130 (128 + SIGINT, what
+    shells report for an interrupted command, so scripts can tell it from a user error's 2).
     """
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        code = app(standalone_mode=False)  # click's own errors come back to us: they get one line too
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         print(f"recpeft: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as exc:  # Ctrl-C in training: a checkpoint was saved; 130 = 128 + SIGINT, as shells report
         print(f"recpeft: {exc}; resume with: {resume_command()}", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("recpeft: interrupted", file=sys.stderr)
         sys.exit(130)
+    except TyperException as exc:  # a bad flag: click's message, on one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `recpeft`: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"recpeft: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 def resume_command(argv: list[str] | None = None) -> str:

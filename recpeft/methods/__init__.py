@@ -79,3 +79,20 @@ def load_adapter(base, folder: str | Path, tokenizer=None, force: bool = False):
     verify_adapter_dir(folder)
     check_base(base, folder, tokenizer, force)
     return METHODS[method_of(folder)].load(base, folder)
+
+
+def check_adapter(folder: str | Path, model: str | None = None, force: bool = False) -> dict:
+    """Verify an adapter folder without using it: complete, weights readable from safetensors, and
+    (with `model`) trained on that base model and attachable to it. Returns what it found."""
+    from ..artifacts import read_meta, verify_adapter_dir
+
+    verify_adapter_dir(folder)
+    meta = read_meta(folder) if (Path(folder) / "recpeft.json").exists() else {}
+    found = {"folder": str(folder), "method": method_of(folder), "domain": meta.get("domain"),
+             "base_model": (meta.get("base_model") or {}).get("name")}
+    if model is not None:
+        from ..models import load_base
+
+        base, tok, _ = load_base(model)
+        load_adapter(base, folder, tokenizer=tok, force=force)
+    return found
