@@ -130,8 +130,8 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
             try:
                 if not config_differences(_read_state(candidate)["config"], cfg):
                     return candidate
-            except UserError:
-                continue  # a damaged older checkpoint does not hide a good one
+            except UserError as exc:  # a damaged checkpoint does not hide an older good one
+                print(f"[recpeft] skipping {exc}", flush=True)
         _check_config(found[0], _read_state(found[0]), cfg)  # raises: say what differs from the newest
     path = Path(cfg.resume).expanduser()
     if not path.exists():

@@ -162,7 +162,9 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
 
     source = resolve(name_or_path)
     tok = load_tokenizer(source)
-    kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if bits == 16 else torch.float32}
+    # use_safetensors: weights are never unpickled; a folder or hub repo with only *.bin files is refused
+    kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if bits == 16 else torch.float32,
+                    "use_safetensors": True}
     if bits in (4, 8):
         on_cuda = torch.cuda.is_available()
         compute = torch.bfloat16 if on_cuda else torch.float32

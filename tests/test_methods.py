@@ -1,6 +1,7 @@
 """LoRA, AdaLoRA and the Houlsby Adapter behind one interface, on a 32-bit and an 8-bit base."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _cfg(tiny_model, data, out, method, bits):
     return TrainConfig(domain="news", model=str(tiny_model), data=str(data), output_dir=str(out), method=method,
                        bits=bits, max_steps=30, eval_every=30, batch_size=8, lr=1e-2, eval_samples=16,
                        test_samples=16, patience=0, lora_dropout=0.0, threads=1, init_r=6, target_r=2,
-                       reduction_factor=4)
+                       reduction_factor=4, runs_dir=str(Path(out).parent / "runs"))
 
 
 def _logits(model, tok, n=6):

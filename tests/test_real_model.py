@@ -23,7 +23,7 @@ def test_default_model_pulls_trains_two_steps_and_scores(tmp_path):
     folder = pull(DEFAULT_MODEL)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     cfg = TrainConfig(domain="news", output_dir=str(tmp_path / "news"), max_steps=2, batch_size=4, eval_every=2,
-                      eval_samples=16, test_samples=16, patience=0, threads=2)
+                      eval_samples=16, test_samples=16, patience=0, threads=2, runs_dir=str(tmp_path / "runs"))
     result = train(cfg, show_progress=False)
     meta = json.loads((tmp_path / "news" / "recpeft.json").read_text())
     assert meta["base_model"]["name"] == DEFAULT_MODEL and meta["base_model"]["architecture"] == "llama"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,16 +29,9 @@ FLAGS = {"domain": "news", "max_steps": 40, "batch_size": 4, "grad_accum": 2, "l
 
 @pytest.fixture(scope="session")
 def small_news(tmp_path_factory) -> Path:
-    """The first 12 users of the embedded news sample: a run of 40 steps takes about a second."""
-    from recpeft.data.csvdir import SAMPLE_ROOT
+    from conftest import build_small_news
 
-    folder = tmp_path_factory.mktemp("small-news")
-    shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
-    lines = (SAMPLE_ROOT / "news" / "interactions.csv").read_text().splitlines()
-    users = sorted({line.split(",")[0] for line in lines[1:]})[:12]
-    keep = [line for line in lines[1:] if line.split(",")[0] in users]
-    (folder / "interactions.csv").write_text("\n".join([lines[0], *keep]) + "\n")
-    return folder
+    return build_small_news(tmp_path_factory.mktemp("small-news"))
 
 
 def settings(tiny_model, data, work: Path, **extra) -> dict:

@@ -18,7 +18,8 @@ from recpeft.trainer import train
 
 def tiny_cfg(tiny_model, out, **kw) -> TrainConfig:
     base = dict(domain="news", model=str(tiny_model), output_dir=str(out), max_steps=30, batch_size=8, lr=2e-2,
-                eval_every=10, eval_samples=48, test_samples=48, patience=0, lora_dropout=0.0, threads=1)
+                eval_every=10, eval_samples=48, test_samples=48, patience=0, lora_dropout=0.0, threads=1,
+                runs_dir=str(out.parent / "runs"))
     return TrainConfig(**{**base, **kw})
 
 
