@@ -67,7 +67,10 @@ def load_data(domain: str, path: str | Path | None, fmt: str | None = None, on_b
         raise UserError("data path not found", str(path))
     fmt = fmt or detect_format(path)
     module = FORMATS[fmt]
-    key = cache.cache_key(fmt, module.VERSION, module.sources(path), on_bad_rows) if use_cache else None
+    sources = module.sources(path)
+    # a missing source file: no cache key, and the loader reports it as a UserError naming the file
+    key = cache.cache_key(fmt, module.VERSION, sources, on_bad_rows) if use_cache and all(
+        f.is_file() for f in sources) else None
     data = cache.read(key) if key else None
     if data is None:
         data = module.load(path, BadRows(on_bad_rows))
