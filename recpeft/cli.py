@@ -67,6 +67,9 @@ def train(
                                        "--eval-samples"),
     test_samples: Optional[int] = _opt(_D.test_samples, "Test examples in the final summary (0 = all).",
                                        "--test-samples"),
+    base_test: Optional[bool] = typer.Option(None, "--base-test/--no-base-test", help="Also score the test "
+                                             "examples with the untrained base, for the zero-shot column "
+                                             "[default: on]", show_default=False),
     patience: Optional[int] = _opt(_D.patience, "Stop after N evaluations without a better validation AUC "
                                    "(0 = never).", "--patience"),
     threads: Optional[int] = _opt("cores / processes", "Torch CPU threads per process.", "--threads"),
@@ -111,7 +114,7 @@ def train(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
-        eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, patience=patience,
+        eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, base_test=base_test, patience=patience,
         threads=threads, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, delta_t=delta_t,
         orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
         placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,

@@ -76,6 +76,7 @@ class TrainConfig:
     eval_every: int = 24
     eval_samples: int = 128  # validation examples scored at each evaluation (0 = all)
     test_samples: int = 128  # test examples scored in the final summary (0 = all)
+    base_test: bool = True  # also score the test examples with the untrained base (zero-shot column)
     patience: int = 3  # evaluations without a better validation AUC before stopping (0 = never)
     # runtime
     threads: int = 0  # torch threads per process; 0 = all cores / processes

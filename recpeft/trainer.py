@@ -153,7 +153,8 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
     fingerprints = {"data": data.fingerprint(), "base_config": config_fingerprint(accelerator.unwrap_model(model).config)}
     if resumed is None:
         base_valid = evaluate(valid_rows, "valid (untrained)", base=True).metrics
-        base_test = evaluate(test_rows, "test (untrained)", base=True).metrics if len(test_rows) else {}
+        base_test = (evaluate(test_rows, "test (untrained)", base=True).metrics
+                     if len(test_rows) and cfg.base_test else {})
         best_auc, best_step, bad_evals = base_valid[task.main_metric], 0, 0
         best_state = snapshot()
         history = [{"step": 0, main_key: best_auc}]
