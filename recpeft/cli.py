@@ -67,6 +67,10 @@ def train(
                                        "--eval-samples"),
     test_samples: Optional[int] = _opt(_D.test_samples, "Test examples in the final summary (0 = all).",
                                        "--test-samples"),
+    item_stats: Optional[bool] = typer.Option(None, "--item-stats/--no-item-stats", help="Tag item titles in "
+                                              "prompts with their like-rate among training events, e.g. "
+                                              "'[72% liked]' (collaborative signal in words) [default: off]",
+                                              show_default=False),
     base_test: Optional[bool] = typer.Option(None, "--base-test/--no-base-test", help="Also score the test "
                                              "examples with the untrained base, for the zero-shot column "
                                              "[default: on]", show_default=False),
@@ -114,7 +118,7 @@ def train(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
-        eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, base_test=base_test, patience=patience,
+        eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, base_test=base_test, item_stats=item_stats, patience=patience,
         threads=threads, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, delta_t=delta_t,
         orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
         placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,

@@ -72,6 +72,7 @@ class TrainConfig:
     # prompts
     history_len: int = 6  # TALLRec uses 10; 6 keeps the default run within minutes on a 2-core CPU
     max_length: int = 320
+    item_stats: bool = False  # tag item titles with their training like-rate, "[72% liked]"
     # evaluation and early stopping
     eval_every: int = 24
     eval_samples: int = 128  # validation examples scored at each evaluation (0 = all)

@@ -7,6 +7,7 @@ is only what the user did before it, so no example ever looks into its own futur
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -122,6 +123,32 @@ def train_item_counts(data: RecData) -> dict[str, int]:
             if split == "train":
                 counts[x.item_id] += 1
     return dict(counts)
+
+
+def with_item_stats(data: RecData, min_count: int = 3) -> RecData:
+    """A copy of data whose item titles carry the item's like-rate among training events, "[72% liked]".
+
+    Collaborative signal in words, for a model too small to infer item quality from titles alone.
+    Only events in every user's training part of the preference split (all but their last 4) count,
+    so no validation or test label leaks into any prompt. Items with fewer than min_count such events
+    get no tag: the rate would be noise.
+    """
+    likes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for x in data.interactions:
+        by_user[x.user_id].append(x)
+    for events in by_user.values():
+        events = sorted(events, key=lambda x: (x.timestamp, x.item_id))
+        for x, split in zip(events, split_user(events, 2, 2)):
+            if split == "train":
+                likes[x.item_id][0] += int(x.liked)
+                likes[x.item_id][1] += 1
+    items = {}
+    for item_id, item in data.items.items():
+        liked, n = likes.get(item_id, (0, 0))
+        tag = f" [{round(100 * liked / n)}% liked]" if n >= min_count else ""
+        items[item_id] = dataclasses.replace(item, title=item.title + tag)
+    return dataclasses.replace(data, name=f"{data.name}+item-stats", items=items)
 
 
 def cold_start(examples: list[RankingExample], counts: dict[str, int], max_count: int = 2) -> list[bool]:

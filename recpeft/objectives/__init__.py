@@ -23,7 +23,7 @@ from ..config import TASKS
 from ..data.schema import RecData
 from ..domains import Domain
 from ..errors import UserError
-from ..tasks import subsample
+from ..tasks import subsample, with_item_stats
 
 
 
@@ -55,6 +55,8 @@ class Task:
 
     def __init__(self, data: RecData, domain: Domain, tokenizer, cfg):
         """cfg: anything with history_len, max_length, negatives and seed (a TrainConfig)."""
+        if getattr(cfg, "item_stats", False):
+            data = with_item_stats(data)
         self.data, self.domain, self.tok, self.cfg = data, domain, tokenizer, cfg
         self.check_data()
         self._splits: dict[str, list] | None = None
