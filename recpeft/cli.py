@@ -221,6 +221,37 @@ def verify(
           f"(trained on {found['base_model'] or 'an unrecorded base'}) in {adapter}{base}")
 
 
+@app.command()
+def baselines(
+    task: str = typer.Option(..., "--task", help="preference (AUC), ranking (HR/NDCG/MRR) or rating (RMSE/MAE)."),
+    data: Optional[str] = _opt("embedded sample", "Data folder (see README); default: the domain's embedded "
+                               "sample.", "--data"),
+    domain: str = typer.Option(_D.domain, "--domain", "-d", help=f"Domain whose embedded sample is used "
+                               f"without --data: {', '.join(DOMAINS)}."),
+    models: Optional[str] = _opt("every baseline that does the task", "Comma-separated baselines: random, "
+                                 "popularity, item_knn, bpr, gru4rec, logreg.", "--models"),
+    negatives: int = typer.Option(19, "--negatives", help="Ranking: sampled negatives per true item."),
+    train_samples: int = typer.Option(0, "--train-samples", help="Few-shot preference/rating: fit on the same "
+                                      "seeded N training examples as the LLM (0 = all)."),
+    history_len: int = typer.Option(10, "--history-len", help="History items a model may read when it scores "
+                                    "(0 = all)."),
+    cold_max_train: int = typer.Option(2, "--cold-max-train", help="Cold-start slice: test targets whose item "
+                                       "has at most this many train-period interactions."),
+    seed: int = typer.Option(_D.seed, "--seed", help="Seed for negatives, few-shot samples and model fits."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch's default)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the results JSON to this file."),
+) -> None:
+    """Classical baselines (popularity, item-kNN, BPR, GRU4Rec, logistic regression) on the LLM's splits."""
+    from .baselines import baseline_report, format_report
+
+    report = baseline_report(domain, data, task, models=models.split(",") if models else None,
+                             negatives=negatives, seed=seed, train_samples=train_samples, history_len=history_len,
+                             cold_max_train=cold_max_train, threads=threads, out=out,
+                             log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Built-in models and whether they are already converted in the cache."""

@@ -1,0 +1,122 @@
+"""Classical baselines on exactly the LLM's splits and candidates; one entry point, `run_baselines`.
+
+Every baseline fits only on the train period (per-user temporal split of recpeft.tasks) and, to score
+a validation or test target, reads only that user's history before the target, cut to the same
+`history_len` window the LLM's prompt shows. Preference and rating score the same (user, target)
+pairs as the LLM; ranking scores the same seeded candidate lists.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..data.schema import RecData
+from ..errors import UserError
+from ..metrics import binary_metrics, ranking_metrics, rating_metrics
+from ..slices import HOLDOUT, cold_start, train_interactions
+from ..tasks import preference_examples, ranking_examples, subsample
+from .base import TASKS, Baseline, FitContext, label
+from .bpr import BPR
+from .chance import Random
+from .gru4rec import GRU4Rec
+from .itemknn import ItemKNN
+from .logreg import LogReg
+from .popularity import Popularity
+
+REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, LogReg)}
+
+__all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",
+           "run_baselines"]
+
+
+def names_for(task: str) -> list[str]:
+    """The registered baselines that support a task, in registry order."""
+    return [name for name, cls in REGISTRY.items() if task in cls.tasks]
+
+
+def _examples(data: RecData, task: str, negatives: int, seed: int) -> dict[str, list]:
+    if task == "ranking":
+        return ranking_examples(data, negatives=negatives, seed=seed)
+    splits = preference_examples(data)
+    if task == "rating":
+        splits = {s: [e for e in xs if e.target.rating is not None] for s, xs in splits.items()}
+    return splits
+
+
+def _visible(train: list, history_len: int) -> list:
+    """The interactions a model trained on these examples sees: targets plus visible histories."""
+    seen = {}
+    for e in train:
+        for x in (e.history[-history_len:] if history_len else e.history) + (e.target,):
+            seen[(x.user_id, x.item_id, x.timestamp)] = x
+    return sorted(seen.values(), key=lambda x: (x.user_id, x.timestamp, x.item_id))
+
+
+def _metrics(model: Baseline, task: str, examples: list) -> dict | None:
+    if not examples:
+        return None
+    if task == "ranking":
+        return {**ranking_metrics(model.score_ranking(examples)), "n": len(examples)}
+    truth = [label(e, task) for e in examples]
+    if task == "rating":
+        return {**rating_metrics(model.score_rating(examples), truth), "n": len(examples)}
+    return binary_metrics([int(t) for t in truth], model.score_preference(examples))
+
+
+def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, negatives: int = 19,
+                  seed: int = 0, train_samples: int = 0, history_len: int = 10, cold_max_train: int = 2,
+                  log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).
+
+    task: preference (like/click, AUC), rating (RMSE/MAE) or ranking (1 true + `negatives` seeded
+    candidates; HR/NDCG/MRR). `train_samples` N > 0 is the few-shot mode of preference/rating: every
+    model sees only the same seeded N training examples the LLM gets (`recpeft.tasks.subsample`),
+    their targets and visible histories, and nothing else of the train period. The cold-start slice
+    holds the test targets whose item has at most `cold_max_train` train-period interactions.
+    `params` overrides a baseline's constructor arguments, e.g. {"gru4rec": {"epochs": 5}}.
+
+    Returns {name: {"valid", "test", "test_cold_start": metrics or None, "fit_seconds",
+    "score_seconds"[, "note"]}}.
+    """
+    if task not in TASKS:
+        raise UserError(f"unknown task '{task}'; baselines support {', '.join(TASKS)}")
+    names = list(models) if models else names_for(task)
+    for name in names:
+        if name not in REGISTRY:
+            raise UserError(f"unknown baseline '{name}'; known: {', '.join(REGISTRY)}")
+        if task not in REGISTRY[name].tasks:
+            raise UserError(f"baseline '{name}' does not do {task}; it does {', '.join(REGISTRY[name].tasks)}")
+    if train_samples and task == "ranking":
+        raise UserError("--train-samples (few-shot) applies to the preference and rating tasks")
+    if train_samples < 0 or history_len < 0 or negatives < 1:
+        raise UserError("train samples and history length must be >= 0, negatives >= 1")
+    splits = _examples(data, task, negatives, seed)
+    if not splits["test"]:
+        what = "rated " if task == "rating" else ""
+        raise UserError(f"no {what}test examples for {task} in {data.name} (users need at least 4 {what}events)")
+    if train_samples:
+        train = subsample(splits["train"], train_samples, seed)
+        interactions = _visible(train, history_len)
+    else:
+        train = splits["train"]
+        interactions = train_interactions(data, *HOLDOUT["ranking" if task == "ranking" else "preference"])
+    cold = cold_start(splits["test"], data, max_train=cold_max_train)
+    results: dict[str, dict] = {}
+    for name in names:
+        model = REGISTRY[name](**(params or {}).get(name, {}))
+        start = time.perf_counter()
+        model.fit(FitContext(data, task, interactions, train, history_len=history_len, seed=seed))
+        fitted = time.perf_counter()
+        out = {"valid": _metrics(model, task, splits["valid"]), "test": _metrics(model, task, splits["test"]),
+               "test_cold_start": _metrics(model, task, cold)}
+        out.update(fit_seconds=round(fitted - start, 3), score_seconds=round(time.perf_counter() - fitted, 3))
+        if model.note:
+            out["note"] = model.note
+        results[name] = out
+        if log:
+            log(f"{name}: fit {out['fit_seconds']:.1f} s, score {out['score_seconds']:.1f} s")
+    return results
+
+
+from .report import baseline_report, format_report  # noqa: E402  (report imports run_baselines)

@@ -1,0 +1,214 @@
+"""Classical baselines: better than chance where they should be, seeded, fitted on the train period only."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from recpeft.baselines import REGISTRY, Baseline, FitContext, run_baselines
+from recpeft.data.csvdir import load_sample
+from recpeft.data.schema import Interaction, Item, RecData
+from recpeft.slices import cold_start, train_interactions
+from recpeft.tasks import preference_examples, ranking_examples, subsample
+
+# Small enough for a 1-thread test; the defaults are for real data.
+FAST = {"gru4rec": {"dim": 16, "epochs": 3, "pointwise_epochs": 1, "min_steps": 40}, "bpr": {"epochs": 5}}
+
+
+@pytest.fixture(scope="module")
+def video() -> RecData:
+    return load_sample("video")
+
+
+def skewed(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 0) -> RecData:
+    """Users pick items with Zipf-like popularity: the popular items are the likely next ones."""
+    rng = random.Random(seed)
+    items = {f"i{k:02d}": Item(f"i{k:02d}", f"item {k}") for k in range(n_items)}
+    weights = [1 / (k + 1) ** 1.5 for k in range(n_items)]
+    inter = []
+    for u in range(n_users):
+        picked: list[int] = []
+        while len(picked) < per_user:
+            k = rng.choices(range(n_items), weights)[0]
+            if k not in picked:
+                picked.append(k)
+        inter += [Interaction(f"u{u:02d}", f"i{k:02d}", t, click=1) for t, k in enumerate(picked)]
+    return RecData("skewed", items, inter)
+
+
+def without_seconds(results: dict) -> dict:
+    return {name: {k: v for k, v in m.items() if not k.endswith("seconds")} for name, m in results.items()}
+
+
+def test_popularity_beats_random_on_a_skewed_catalogue():
+    r = run_baselines(skewed(), "ranking", ["random", "popularity"], negatives=19)
+    assert r["popularity"]["test"]["hr@10"] > r["random"]["test"]["hr@10"] + 0.2
+    assert r["popularity"]["test"]["ndcg@10"] > r["random"]["test"]["ndcg@10"]
+
+
+def test_preference_baselines_beat_random_on_the_video_sample(video):
+    r = run_baselines(video, "preference", params=FAST)
+    assert set(r) == {"random", "popularity", "item_knn", "gru4rec", "logreg"}
+    assert r["logreg"]["test"]["auc"] > 0.6  # the sample's tastes are category-driven
+    for name in ("popularity", "item_knn", "logreg"):
+        assert r[name]["test"]["auc"] > r["random"]["test"]["auc"] + 0.03, name
+    assert r["logreg"]["test"]["auc"] > r["popularity"]["test"]["auc"]  # personal features matter here
+    for m in r.values():
+        assert m["test"]["n"] == m["valid"]["n"] == 600
+
+
+def test_ranking_baselines_beat_random_on_the_video_sample(video):
+    r = run_baselines(video, "ranking", params=FAST)
+    assert set(r) == {"random", "popularity", "item_knn", "bpr", "gru4rec"}
+    for name in ("popularity", "item_knn", "bpr", "gru4rec"):
+        assert r[name]["test"]["hr@10"] > r["random"]["test"]["hr@10"] + 0.05, name
+    assert r["item_knn"]["test"]["ndcg@10"] > r["popularity"]["test"]["ndcg@10"]
+
+
+def test_rating_baselines_beat_random(video):
+    r = run_baselines(video, "rating", ["random", "popularity", "item_knn", "logreg"])
+    for name in ("popularity", "item_knn", "logreg"):
+        assert r[name]["test"]["rmse"] < r["random"]["test"]["rmse"] - 0.3, name
+    assert r["logreg"]["test"]["rmse"] < r["popularity"]["test"]["rmse"]
+
+
+@pytest.mark.parametrize("task", ["preference", "ranking"])
+def test_same_seed_same_metrics(video, task):
+    small = RecData(video.name, video.items, [x for x in video.interactions if x.user_id < "u0080"])
+    first = run_baselines(small, task, params=FAST, seed=3)
+    again = run_baselines(small, task, params=FAST, seed=3)
+    assert without_seconds(first) == without_seconds(again)
+    other = run_baselines(small, task, ["random"], seed=4)
+    assert other["random"]["test"] != first["random"]["test"]
+
+
+class Spy(Baseline):
+    """Records what it is given to fit on and scores nothing useful."""
+
+    name, tasks = "spy", ("preference", "ranking", "rating")
+    seen: list[FitContext] = []
+
+    def fit(self, ctx):
+        Spy.seen.append(ctx)
+
+    def score_preference(self, examples):
+        return [0.5] * len(examples)
+
+    score_rating = score_preference
+
+    def score_ranking(self, examples):
+        return [[0.0] * len(e.candidates) for e in examples]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "spy", Spy)
+    Spy.seen = []
+    return Spy
+
+
+def key(x: Interaction) -> tuple:
+    return (x.user_id, x.item_id, x.timestamp)
+
+
+@pytest.mark.parametrize("task", ["preference", "ranking"])
+def test_fit_sees_only_the_train_period(video, spy, task):
+    run_baselines(video, task, ["spy"])
+    ctx = spy.seen[0]
+    splits = preference_examples(video) if task == "preference" else ranking_examples(video, seed=42)
+    held_out = {(e.user_id, e.target.item_id if task == "preference" else e.candidates[0], e.timestamp)
+                for s in ("valid", "test") for e in splits[s]}
+    fitted = {key(x) for x in ctx.interactions}
+    assert not fitted & held_out
+    # ...and it is the whole train period: every interaction not held out (users with few events aside).
+    assert len(fitted) == len(video.interactions) - len(held_out)
+    assert all(e.split == "train" for e in ctx.train)
+
+
+def test_few_shot_fits_only_the_sampled_examples(video, spy):
+    run_baselines(video, "preference", ["spy"], train_samples=16, seed=7, history_len=10)
+    ctx = spy.seen[0]
+    expected = subsample(preference_examples(video)["train"], 16, 7)
+    assert ctx.train == expected
+    visible = {key(x) for e in expected for x in e.history[-10:] + (e.target,)}
+    assert {key(x) for x in ctx.interactions} == visible
+
+
+def test_test_labels_do_not_change_any_fit(video):
+    """Flip every test target's rating: validation scores of every baseline stay exactly the same."""
+    test_keys = {key(e.target) for e in preference_examples(video)["test"]}
+    flipped = [Interaction(x.user_id, x.item_id, x.timestamp, 6 - x.rating) if key(x) in test_keys else x
+               for x in video.interactions]
+    before = run_baselines(video, "preference", params=FAST)
+    after = run_baselines(RecData(video.name, video.items, flipped), "preference", params=FAST)
+    for name in before:
+        assert before[name]["valid"] == after[name]["valid"], name
+        assert before[name]["test"]["auc"] != after[name]["test"]["auc"] or name == "random", name
+
+
+def test_few_shot_runs_and_reports_single_class_samples(video):
+    r = run_baselines(video, "preference", ["popularity", "logreg"], train_samples=64)
+    assert 0 <= r["logreg"]["test"]["auc"] <= 1
+    tiny = run_baselines(video, "preference", ["logreg"], train_samples=1)
+    assert "constant prediction" in tiny["logreg"]["note"]
+
+
+def test_cold_start_slice_counts_train_period_interactions():
+    # i_new: 2 train-period interactions (u0, u1), then u2's test target; k0, k1: test targets never trained on.
+    inter = []
+    for u in range(3):
+        seq = [f"i{k}" for k in range(u, u + 3)] + ["i_pop", f"j{u}", "i_new" if u == 2 else f"k{u}"]
+        inter += [Interaction(f"u{u}", it, t, click=1) for t, it in enumerate(seq)]
+    inter += [Interaction(u, "i_new", -1, click=1) for u in ("u0", "u1")]  # their train periods
+    items = {x.item_id: Item(x.item_id, x.item_id) for x in inter}
+    items.update({f"n{k}": Item(f"n{k}", f"n{k}") for k in range(30)})
+    data = RecData("toy", items, sorted(inter, key=lambda x: (x.user_id, x.timestamp)))
+    test = ranking_examples(data, negatives=5)["test"]
+    assert len(train_interactions(data, 1, 1)) == len(inter) - 6
+    assert [e.candidates[0] for e in test] == ["k0", "k1", "i_new"]
+    assert [e.candidates[0] for e in cold_start(test, data, max_train=1)] == ["k0", "k1"]
+    assert len(cold_start(test, data, max_train=2)) == 3
+
+
+def test_unknown_names_and_tasks_are_user_errors(video):
+    from recpeft.errors import UserError
+
+    with pytest.raises(UserError, match="unknown baseline"):
+        run_baselines(video, "preference", ["nope"])
+    with pytest.raises(UserError, match="does not do ranking"):
+        run_baselines(video, "ranking", ["logreg"])
+    with pytest.raises(UserError, match="few-shot"):
+        run_baselines(video, "ranking", ["popularity"], train_samples=16)
+
+
+def test_cli_json_and_out_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from recpeft.cli import app
+
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["baselines", "--task", "ranking", "--domain", "ecommerce", "--models",
+                                   "random,popularity,item_knn", "--json", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed == json.loads(out.read_text())
+    assert printed["task"] == "ranking" and printed["settings"]["negatives"] == 19
+    assert printed["data"]["name"] == "sample:ecommerce" and len(printed["data"]["fingerprint"]) == 16
+    assert set(printed["results"]) == {"random", "popularity", "item_knn"}
+    assert {"hr@10", "ndcg@10", "mrr", "n"} <= set(printed["results"]["item_knn"]["test"])
+    table = CliRunner().invoke(app, ["baselines", "--task", "preference", "--domain", "news", "--models", "logreg"])
+    assert table.exit_code == 0 and "logreg" in table.stdout and "auc" in table.stdout
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "recpeft", "baselines", "--task", "ranking", "--models", "logreg",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not do ranking" in proc.stderr
+    assert not out.exists()
