@@ -14,7 +14,8 @@ from recpeft.slices import cold_start, train_interactions
 from recpeft.tasks import preference_examples, ranking_examples, subsample
 
 # Small enough for a 1-thread test; the defaults are for real data.
-FAST = {"gru4rec": {"dim": 16, "epochs": 3, "pointwise_epochs": 1, "min_steps": 40}, "bpr": {"epochs": 5}}
+FAST = {"gru4rec": {"dim": 32, "epochs": 1, "pointwise_epochs": 1, "min_steps": 60, "lr": 1e-2, "dropout": 0.0},
+        "bpr": {"epochs": 5}}
 
 
 @pytest.fixture(scope="module")

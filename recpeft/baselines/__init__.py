@@ -66,6 +66,7 @@ def _metrics(model: Baseline, task: str, examples: list) -> dict | None:
 
 def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, negatives: int = 19,
                   seed: int = 0, train_samples: int = 0, history_len: int = 10, cold_max_train: int = 2,
+                  params: dict[str, dict] | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).
 
