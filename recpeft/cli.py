@@ -224,8 +224,12 @@ def verify(
 @app.command()
 def baselines(
     task: str = typer.Option(..., "--task", help="preference (AUC), ranking (HR/NDCG/MRR) or rating (RMSE/MAE)."),
-    data: Optional[str] = _opt("embedded sample", "Data folder (see README); default: the domain's embedded "
-                               "sample.", "--data"),
+    data: Optional[str] = _opt("embedded sample", "Data file or folder (see README for the formats); default: "
+                               "the domain's embedded sample.", "--data"),
+    data_format: Optional[str] = _opt("detected from the files", "Data format: movielens, amazon, amazon-unisrec, "
+                                      "mind, jsonl or csv.", "--format"),
+    on_bad_rows: str = typer.Option(_D.on_bad_rows, "--on-bad-rows", help="fail: stop at the first bad row; "
+                                    "skip: drop bad rows and report how many."),
     domain: str = typer.Option(_D.domain, "--domain", "-d", help=f"Domain whose embedded sample is used "
                                f"without --data: {', '.join(DOMAINS)}."),
     models: Optional[str] = _opt("every baseline that does the task", "Comma-separated baselines: random, "
@@ -245,7 +249,7 @@ def baselines(
     """Classical baselines (popularity, item-kNN, BPR, GRU4Rec, logistic regression) on the LLM's splits."""
     from .baselines import baseline_report, format_report
 
-    report = baseline_report(domain, data, task, models=models.split(",") if models else None,
+    report = baseline_report(domain, data, task, fmt=data_format, on_bad_rows=on_bad_rows, models=models.split(",") if models else None,
                              negatives=negatives, seed=seed, train_samples=train_samples, history_len=history_len,
                              cold_max_train=cold_max_train, threads=threads, out=out,
                              log=lambda m: print(m, file=sys.stderr))

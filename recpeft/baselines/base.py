@@ -7,7 +7,6 @@ rating per rating example, or one score per candidate for a ranking example (tru
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -63,16 +62,9 @@ def label(example: Example, task: str) -> float:
     return value(example.target, task)
 
 
-_SEP = re.compile(r"\s*[|,;]\s*")
-
-
 def categories(item: Item) -> list[str]:
-    """An item's categories: its `categories` labels where the loader gives them, else its category
-    field split on | , or ; (MovieLens-style multi-genre)."""
-    labels = getattr(item, "categories", ())
-    if labels:
-        return list(labels)
-    return [c for c in _SEP.split(item.category) if c] if item.category else []
+    """An item's category labels (MovieLens genres, an Amazon category path, a MIND topic)."""
+    return list(item.categories)
 
 
 class Baseline:

@@ -46,7 +46,7 @@ class GRU4Rec(Baseline):
     name = "gru4rec"
     tasks = ("preference", "ranking", "rating")
 
-    def __init__(self, dim: int = 64, epochs: int = 20, pointwise_epochs: int = 2, batch_size: int = 128,
+    def __init__(self, dim: int = 64, epochs: int = 8, pointwise_epochs: int = 2, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-5, dropout: float = 0.2, max_len: int = 50,
                  min_steps: int = 300):
         # epochs: next-item passes over the train sequences (ranking); pointwise_epochs: passes over

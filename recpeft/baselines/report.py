@@ -10,13 +10,15 @@ from typing import Callable
 from ..artifacts import write_json_atomic
 from ..config import DOMAINS
 from ..data.csvdir import load_data
+from ..data.schema import RecData
 from ..errors import UserError
 
 COLUMNS = {"preference": ("auc", "logloss"), "rating": ("rmse", "mae"),
            "ranking": ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")}
 
 
-def baseline_report(domain: str, path: str | None, task: str, *, models: list[str] | None = None,
+def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None = None, on_bad_rows: str = "fail",
+                    models: list[str] | None = None,
                     negatives: int = 19, seed: int = 0, train_samples: int = 0, history_len: int = 10,
                     cold_max_train: int = 2, threads: int = 0, out: Path | None = None,
                     log: Callable[[str], None] | None = None) -> dict:
@@ -34,12 +36,16 @@ def baseline_report(domain: str, path: str | None, task: str, *, models: list[st
         import torch
 
         torch.set_num_threads(threads)
-    data = load_data(domain, path)
+    data = load_data(domain, path, fmt, on_bad_rows)
+    if not isinstance(data, RecData):
+        raise UserError("baselines need users' interactions with items; instruction data (alpaca) has none",
+                        str(path))
     start = time.perf_counter()
     results = run_baselines(data, task, models, negatives=negatives, seed=seed, train_samples=train_samples,
                             history_len=history_len, cold_max_train=cold_max_train, log=log)
     report = {
-        "data": {"name": data.name, "path": path, "fingerprint": data.fingerprint(),
+        "data": {"name": data.name, "path": path, "format": data.stats.get("format", "csv" if path else "sample"),
+                 "fingerprint": data.fingerprint(),
                  "users": len({x.user_id for x in data.interactions}), "items": len(data.items),
                  "interactions": len(data.interactions)},
         "task": task,
