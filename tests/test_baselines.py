@@ -10,8 +10,8 @@ import pytest
 from recpeft.baselines import REGISTRY, Baseline, FitContext, run_baselines
 from recpeft.data.csvdir import load_sample
 from recpeft.data.schema import Interaction, Item, RecData
-from recpeft.slices import cold_start, train_interactions
-from recpeft.tasks import preference_examples, ranking_examples, subsample
+from recpeft.baselines.base import cold_slice, train_interactions
+from recpeft.tasks import cold_start, preference_examples, ranking_examples, subsample, train_item_counts
 
 # Small enough for a 1-thread test; the defaults are for real data.
 FAST = {"gru4rec": {"dim": 32, "epochs": 1, "pointwise_epochs": 1, "min_steps": 60, "lr": 1e-2, "dropout": 0.0},
@@ -167,10 +167,20 @@ def test_cold_start_slice_counts_train_period_interactions():
     items.update({f"n{k}": Item(f"n{k}", f"n{k}") for k in range(30)})
     data = RecData("toy", items, sorted(inter, key=lambda x: (x.user_id, x.timestamp)))
     test = ranking_examples(data, negatives=5)["test"]
-    assert len(train_interactions(data, 1, 1)) == len(inter) - 6
+    period = train_interactions(data, "ranking")
+    assert len(period) == len(inter) - 6
     assert [e.candidates[0] for e in test] == ["k0", "k1", "i_new"]
-    assert [e.candidates[0] for e in cold_start(test, data, max_train=1)] == ["k0", "k1"]
-    assert len(cold_start(test, data, max_train=2)) == 3
+    assert [e.candidates[0] for e in cold_slice(test, period, max_train=1)] == ["k0", "k1"]
+    assert len(cold_slice(test, period, max_train=2)) == 3
+
+
+def test_cold_slice_is_the_llm_evaluations_slice(video):
+    test = ranking_examples(video, negatives=19, seed=42)["test"]
+    for max_train in (2, 30):
+        flags = cold_start(test, train_item_counts(video), max_train)
+        ours = cold_slice(test, train_interactions(video, "ranking"), max_train)
+        assert ours == [e for e, cold in zip(test, flags) if cold]
+    assert ours  # the check compared a non-empty slice
 
 
 def test_unknown_names_and_tasks_are_user_errors(video):

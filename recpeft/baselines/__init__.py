@@ -14,9 +14,8 @@ from typing import Callable
 from ..data.schema import RecData
 from ..errors import UserError
 from ..metrics import binary_metrics, ranking_metrics, rating_metrics
-from ..slices import HOLDOUT, cold_start, train_interactions
 from ..tasks import preference_examples, ranking_examples, subsample
-from .base import TASKS, Baseline, FitContext, label
+from .base import TASKS, Baseline, FitContext, cold_slice, label, train_interactions
 from .bpr import BPR
 from .chance import Random
 from .gru4rec import GRU4Rec
@@ -96,13 +95,13 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
     if not splits["test"]:
         what = "rated " if task == "rating" else ""
         raise UserError(f"no {what}test examples for {task} in {data.name} (users need at least 4 {what}events)")
+    period = train_interactions(data, task)
     if train_samples:
         train = subsample(splits["train"], train_samples, seed)
         interactions = _visible(train, history_len)
     else:
-        train = splits["train"]
-        interactions = train_interactions(data, *HOLDOUT["ranking" if task == "ranking" else "preference"])
-    cold = cold_start(splits["test"], data, max_train=cold_max_train)
+        train, interactions = splits["train"], period
+    cold = cold_slice(splits["test"], period, cold_max_train)
     results: dict[str, dict] = {}
     for name in names:
         model = REGISTRY[name](**(params or {}).get(name, {}))

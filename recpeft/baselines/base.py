@@ -7,13 +7,39 @@ rating per rating example, or one score per candidate for a ranking example (tru
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..data.schema import Interaction, Item, RecData
-from ..tasks import Example, RankingExample
+from ..data.schema import Interaction, RecData
+from ..tasks import Example, RankingExample, split_user
 
 TASKS = ("preference", "ranking", "rating")
+# Events per user each protocol holds out (valid, test), as recpeft.tasks builds them.
+HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1)}
+
+
+def train_interactions(data: RecData, task: str) -> list[Interaction]:
+    """Every interaction in its user's train period (before any valid/test target of the task's split)."""
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for x in data.interactions:
+        by_user[x.user_id].append(x)
+    out: list[Interaction] = []
+    for user in sorted(by_user):
+        events = sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id))
+        out += [x for x, s in zip(events, split_user(events, *HOLDOUT[task])) if s == "train"]
+    return out
+
+
+def target_item(example: Example | RankingExample) -> str:
+    return example.candidates[0] if isinstance(example, RankingExample) else example.target.item_id
+
+
+def cold_slice(examples: list, train: list[Interaction], max_train: int = 2) -> list:
+    """The examples whose target item has at most `max_train` interactions in the train period. For
+    ranking this is recpeft.tasks.cold_start with train_item_counts (the LLM's slice); it also
+    serves preference/rating, whose train period ends two events earlier."""
+    counts = Counter(x.item_id for x in train)
+    return [e for e in examples if counts[target_item(e)] <= max_train]
 
 
 @dataclass
@@ -60,11 +86,6 @@ def value(x: Interaction, task: str) -> float:
 
 def label(example: Example, task: str) -> float:
     return value(example.target, task)
-
-
-def categories(item: Item) -> list[str]:
-    """An item's category labels (MovieLens genres, an Amazon category path, a MIND topic)."""
-    return list(item.categories)
 
 
 class Baseline:

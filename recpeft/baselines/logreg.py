@@ -16,8 +16,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..tasks import Example
-from .base import Baseline, FitContext, categories, label, value
+from ..tasks import Example, item_categories as categories
+from .base import Baseline, FitContext, label, value
 from .popularity import ItemStats
 
 
