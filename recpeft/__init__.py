@@ -24,4 +24,18 @@ def load_adapter(base, folder, tokenizer=None, force: bool = False):
     return _load(base, folder, tokenizer=tokenizer, force=force)
 
 
-__all__ = ["TrainConfig", "UserError", "build_config", "load_adapter", "train", "__version__"]
+def load(path, device=None, bits=None, force: bool = False):
+    """Load an adapter folder as a Recommender; see recpeft.recommender.load."""
+    from .recommender import load as _load
+
+    return _load(path, device=device, bits=bits, force=force)
+
+
+def load_many(paths, device=None, bits=None, force: bool = False):
+    """Load several adapters on ONE shared base model; see recpeft.recommender.load_many."""
+    from .recommender import load_many as _load_many
+
+    return _load_many(paths, device=device, bits=bits, force=force)
+
+
+__all__ = ["TrainConfig", "UserError", "build_config", "load", "load_adapter", "load_many", "train", "__version__"]

@@ -170,6 +170,15 @@ def verify_adapter_dir(folder: str | Path) -> None:
         raise UserError(f"corrupt safetensors file: {exc}", str(weights)) from None
 
 
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """Refuse a folder that lacks any of the contract's files, naming the missing ones."""
+    if not Path(adapter_dir).is_dir():
+        raise UserError("adapter folder not found", str(adapter_dir))
+    missing = sorted(f for f in CONTRACT_FILES if not (Path(adapter_dir) / f).is_file())
+    if missing:
+        raise UserError(f"incomplete adapter folder: missing {', '.join(missing)}", str(adapter_dir))
+
+
 def read_meta(adapter_dir: Path) -> dict[str, Any]:
     path = Path(adapter_dir) / "recpeft.json"
     if not path.is_file():

@@ -22,7 +22,7 @@ def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2, extra_text: s
     from recpeft.data.csvdir import load_sample
     from recpeft.domains import DOMAINS
 
-    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", extra_text]
+    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", "1 2 3 4 5", extra_text]
     for name, dom in DOMAINS.items():
         data = load_sample(name)
         texts += [i.text() for i in data.items.values()]
@@ -95,3 +95,32 @@ def skewed_news(tmp_path_factory) -> Path:
 def _data_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own empty data cache, never the user's ~/.cache/recpeft/cache/data."""
     monkeypatch.setenv("RECPEFT_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))
+
+
+def make_adapter(tiny: Path, out: Path, method: str, domain: str = "news", seed: int = 0) -> Path:
+    """A real adapter folder (trained 2 steps for the contract files), then given random weights with
+    the seed so it visibly changes the model: after 2 steps the best-by-validation weights may still be
+    the untrained identity."""
+    from safetensors.torch import load_file, save_file
+
+    from recpeft.config import TrainConfig
+    from recpeft.trainer import train
+
+    cfg = TrainConfig(domain=domain, model=str(tiny), output_dir=str(out), method=method, bits=32, max_steps=2,
+                      eval_every=2, batch_size=4, eval_samples=4, test_samples=4, patience=0, lora_dropout=0.0,
+                      threads=1, init_r=6, target_r=2, reduction_factor=4, seed=seed)
+    train(cfg, show_progress=False)
+    weights = out / "adapter_model.safetensors"
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """One random adapter per method (and a second LoRA) on the tiny model: {name: folder}."""
+    root = tmp_path_factory.mktemp("adapters")
+    specs = {"news": ("lora", "news", 1), "video": ("adalora", "video", 2), "ecommerce": ("adapter", "ecommerce", 3),
+             "news2": ("lora", "news", 4)}
+    return {name: make_adapter(tiny_model, root / name, m, d, s) for name, (m, d, s) in specs.items()}

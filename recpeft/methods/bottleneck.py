@@ -186,6 +186,12 @@ def save(model, folder, config: BottleneckConfig) -> None:
 
 def load(model, folder):
     """Attach adapters described by folder and load their weights; the model is untouched if anything mismatches."""
+    _install(model, load_plan(model, folder))
+    return model
+
+
+def load_plan(model, folder) -> list[tuple[nn.Module, str, AdapterWrapped]]:
+    """The adapters of folder, weights loaded, ready to install; the model itself is not changed."""
     folder = Path(folder)
     raw = json.loads((folder / CONFIG_FILE).read_text())
     if raw.get("peft_type", PEFT_TYPE) != PEFT_TYPE:
@@ -207,5 +213,18 @@ def load(model, folder):
     with torch.no_grad():
         for k, p in expected.items():
             p.copy_(state[k])  # copy_ moves to the parameter's device and dtype
-    _install(model, plan)
-    return model
+    return plan
+
+
+def install(plan) -> None:
+    """Put a loaded plan's adapters in place, each around whatever module now sits at its site."""
+    for parent, attr, wrapper in plan:
+        wrapper.base_layer = getattr(parent, attr)
+        setattr(parent, attr, wrapper)
+
+
+def uninstall(plan) -> None:
+    """Take a plan's adapters out again, restoring the modules they wrapped."""
+    for parent, attr, wrapper in plan:
+        if getattr(parent, attr) is wrapper:
+            setattr(parent, attr, wrapper.base_layer)
