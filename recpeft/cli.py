@@ -280,6 +280,95 @@ def models_pull(
     print(pull(name, force=force))
 
 
+@app.command()
+def recommend(
+    adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter folder (from `recpeft train`)."),
+    history: str = typer.Option(..., "--history", help="The user's liked items, oldest first, separated by ';'. "
+                                "Prefix a title with '-' for a dislike."),
+    candidates: Optional[Path] = typer.Option(None, "--candidates", help="File of candidates: one title per line, "
+                                              "or a CSV with a 'title' column (and optional item_id, category)."),
+    from_catalog: bool = typer.Option(False, "--from-catalog", help="Rank every catalogue item of the adapter's "
+                                      "training data that is not in the history."),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
+    force: bool = typer.Option(False, "--force", help="Load an adapter trained on another base anyway."),
+) -> None:
+    """Rank candidates for a user history with a trained adapter (history prefix encoded once)."""
+    from .recommend import recommend as run
+
+    rows = run(adapter, history, candidates, from_catalog, k, bits=bits, force=force)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["title"]) for r in rows)
+    print(f"{'rank':>4}  {'score':>6}  {'title':<{width}}  category")
+    for r in rows:
+        print(f"{r['rank']:>4}  {r['score']:.4f}  {r['title']:<{width}}  {r['category']}")
+
+
+@app.command()
+def merge(
+    adapters: list[str] = typer.Argument(..., help="Adapter folder; with --combine, two or more (and the "
+                                         "--weights values may follow them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
+    combine: bool = typer.Option(False, "--combine", help="Combine the adapters into one LoRA adapter instead "
+                                 "of baking one into the base."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="With --combine: one weight per adapter, "
+                                          "e.g. --weights 0.5 0.5 [default: equal]."),
+    force: bool = typer.Option(False, "--force", help="Accept an adapter trained on another base anyway."),
+) -> None:
+    """Bake a LoRA/AdaLoRA adapter into its base (a plain HF model folder), or --combine adapters."""
+    from .merge import combine_adapters, merge_adapter
+
+    paths, extra = _split_weights(adapters)
+    values = ([] if weights is None else _floats(weights)) + extra
+    if not combine:
+        if len(paths) != 1 or values:
+            raise UserError("merge takes one adapter folder; use --combine A B --weights 0.5 0.5 to combine")
+        r = merge_adapter(paths[0], out, force=force)
+        print(f"merged {r['method']} adapter {paths[0]} into {r['out']}/ (float32); "
+              f"max |logit diff| merged vs base + adapter: {r['max_abs_logit_diff']:.3g}")
+        return
+    r = combine_adapters(paths, values or [1.0 / len(paths)] * len(paths), out, force=force)
+    parts = " + ".join(f"{s['weight']:g} x {s['path']}" for s in r["sources"])
+    print(f"combined {parts} into the LoRA adapter {r['out']}/")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"--weights must be numbers, got {text!r}") from None
+
+
+def _split_weights(args: list[str]) -> tuple[list[str], list[float]]:
+    """`--weights 0.5 0.5`: click gives --weights the first value; the others land among the
+    positional arguments, where a number that is no existing path is taken as a weight."""
+    paths, extra = [], []
+    for a in args:
+        try:
+            value = float(a)
+        except ValueError:
+            value = None
+        (extra.append(value) if value is not None and not Path(a).exists() else paths.append(a))
+    return paths, extra
+
+
+@app.command()
+def serve(
+    adapters: Path = typer.Option(Path("adapters"), "--adapters", help="Folder whose sub-folders are adapters; "
+                                  "each is served under its folder name."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
+) -> None:
+    """Serve the adapters over HTTP (FastAPI; OpenAPI docs at /docs), one shared base model."""
+    from .serve import run
+
+    run(adapters, host, port, bits=bits)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback.
 

@@ -194,6 +194,9 @@ class RecommenderSet(Mapping[str, Recommender]):
             raise UserError(f"unknown domain '{name}'; loaded: {', '.join(self._recs) or '(none)'}")
         return self._recs[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._recs
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._recs)
 
