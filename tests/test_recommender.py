@@ -125,3 +125,19 @@ def test_errors_missing_files_mismatched_base_empty_candidates(tiny_adapters, tm
         rec.rank(HISTORY, [], k=3)
     with pytest.raises(UserError, match="unknown domain 'sports'"):
         recpeft.load_many({"news": tiny_adapters["news"]})["sports"]
+
+
+def test_readme_python_example_runs(tiny_adapters, tmp_path, monkeypatch, capsys):
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "recpeft.load_many" in b)
+    (tmp_path / "adapters").mkdir()
+    for name in ("news", "video"):
+        (tmp_path / "adapters" / name).symlink_to(tiny_adapters[name])
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 6 and out[0].startswith("[") and "Item(" in out[1]
