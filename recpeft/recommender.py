@@ -174,7 +174,9 @@ class Recommender:
         if self._catalog is None:
             from .data.csvdir import load_data
 
-            self._catalog = list(load_data(self.domain.name, self.meta.get("train_config", {}).get("data")).items.values())
+            tc = self.meta.get("train_config", {})
+            data = load_data(self.domain.name, tc.get("data"), tc.get("format"), tc.get("on_bad_rows", "fail"))
+            self._catalog = list(getattr(data, "items", {}).values())
         return self._catalog
 
     def lookup(self, titles: Sequence[str]) -> list[Item]:
@@ -193,6 +195,9 @@ class RecommenderSet(Mapping[str, Recommender]):
         if name not in self._recs:
             raise UserError(f"unknown domain '{name}'; loaded: {', '.join(self._recs) or '(none)'}")
         return self._recs[name]
+
+    def get(self, name: str, default=None):
+        return self._recs.get(name, default)
 
     def __contains__(self, name: object) -> bool:
         return name in self._recs
