@@ -177,6 +177,7 @@ def check_adapter_dir(adapter_dir: Path) -> None:
     missing = sorted(f for f in CONTRACT_FILES if not (Path(adapter_dir) / f).is_file())
     if missing:
         raise UserError(f"incomplete adapter folder: missing {', '.join(missing)}", str(adapter_dir))
+    verify_adapter_dir(adapter_dir)  # the weights must be readable safetensors too
 
 
 def read_meta(adapter_dir: Path) -> dict[str, Any]:
