@@ -22,7 +22,7 @@ def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2, extra_text: s
     from recpeft.data.csvdir import load_sample
     from recpeft.domains import DOMAINS
 
-    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", "1 2 3 4 5", extra_text]
+    texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", extra_text]
     for name, dom in DOMAINS.items():
         data = load_sample(name)
         texts += [i.text() for i in data.items.values()]
@@ -118,9 +118,9 @@ def make_adapter(tiny: Path, out: Path, method: str, domain: str = "news", seed:
 
 
 @pytest.fixture(scope="session")
-def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
-    """One random adapter per method (and a second LoRA) on the tiny model: {name: folder}."""
+def tiny_adapters(tiny_task_model, tmp_path_factory) -> dict[str, Path]:
+    """One random adapter per method (and a second LoRA) on the tiny task model: {name: folder}."""
     root = tmp_path_factory.mktemp("adapters")
     specs = {"news": ("lora", "news", 1), "video": ("adalora", "video", 2), "ecommerce": ("adapter", "ecommerce", 3),
              "news2": ("lora", "news", 4)}
-    return {name: make_adapter(tiny_model, root / name, m, d, s) for name, (m, d, s) in specs.items()}
+    return {name: make_adapter(tiny_task_model, root / name, m, d, s) for name, (m, d, s) in specs.items()}

@@ -24,13 +24,13 @@ def _logits(model):
 
 
 @pytest.mark.parametrize("name", ["news", "video"])  # lora, adalora
-def test_merge_is_lossless_and_a_plain_hf_folder(name, tiny_adapters, tiny_model, tmp_path):
+def test_merge_is_lossless_and_a_plain_hf_folder(name, tiny_adapters, tiny_task_model, tmp_path):
     r = merge_adapter(tiny_adapters[name], tmp_path / "merged")
     assert r["max_abs_logit_diff"] <= 1e-4
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     state = load_file(str(tmp_path / "merged" / "model.safetensors"))
     assert not any("lora" in k for k in state)
-    base, tok, _ = load_base(str(tiny_model), bits=32)
+    base, tok, _ = load_base(str(tiny_task_model), bits=32)
     base_logits = _logits(base)
     want = _logits(load_adapter(base, tiny_adapters[name], tok))
     assert (_logits(merged) - want).abs().max() <= 1e-4
@@ -50,7 +50,7 @@ def test_merge_refuses_bottleneck_and_foreign_folders(tiny_adapters, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_combine_is_the_weighted_sum_of_updates(tiny_adapters, tiny_model, tmp_path):
+def test_combine_is_the_weighted_sum_of_updates(tiny_adapters, tiny_task_model, tmp_path):
     out = tmp_path / "news+video"
     combine_adapters([tiny_adapters["news"], tiny_adapters["video"]], [0.3, 0.7], out)
     assert {p.name for p in out.iterdir()} == {"adapter_model.safetensors", "adapter_config.json", "recpeft.json",
@@ -63,7 +63,7 @@ def test_combine_is_the_weighted_sum_of_updates(tiny_adapters, tiny_model, tmp_p
     s1, s2 = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("m1", "m2"))
     mixed = AutoModelForCausalLM.from_pretrained(tmp_path / "m1")
     mixed.load_state_dict({k: 0.3 * s1[k] + 0.7 * s2[k] for k in s1}, strict=False)
-    base, tok, _ = load_base(str(tiny_model), bits=32)
+    base, tok, _ = load_base(str(tiny_task_model), bits=32)
     combined = load_adapter(base, out, tok)
     assert (_logits(combined) - _logits(mixed)).abs().max() <= 1e-4
     assert recpeft.load(out).score(["a"], ["b", "c"])  # usable as any adapter

@@ -31,12 +31,12 @@ def test_cached_prefix_equals_naive_forward(name, tiny_adapters):
 
 
 @pytest.mark.parametrize("name", ["news", "video", "ecommerce"])
-def test_scores_match_plain_load_adapter_and_differ_from_base(name, tiny_adapters, tiny_model):
+def test_scores_match_plain_load_adapter_and_differ_from_base(name, tiny_adapters, tiny_task_model):
     """Through recpeft.load (AdaLoRA converted to LoRA, bottleneck switched in) = load_adapter on a fresh base."""
     rec = recpeft.load(tiny_adapters[name])
     split = rec._preference_split(HISTORY)
     rows = [split.prefix_ids + split.suffix_ids(rec.tokenizer, i.text()) for i in ITEMS[5:10]]
-    base, tok, _ = load_base(str(tiny_model), bits=32)
+    base, tok, _ = load_base(str(tiny_task_model), bits=32)
     with torch.no_grad():
         base_logits = torch.stack([base(input_ids=torch.tensor([r])).logits[0, -1, rec.answer_ids] for r in rows])
         model = load_adapter(base, tiny_adapters[name], tok).eval()
