@@ -226,3 +226,22 @@ def test_interest_scoring_parses_known_categories(tiny_task_model, monkeypatch):
     expected = set_metrics(predicted, evalset.extra["truth"])
     assert {k: result.metrics[k] for k in expected} == expected
     assert result.metrics["no_known_category"] == pytest.approx(1 / 3) and result.metrics["n"] == 3
+
+
+def test_cached_ranking_evaluation_equals_the_full_prompt_path(tiny_task_model):
+    from recpeft.methods import get_method
+
+    data, domain = load_sample("ecommerce"), get_domain("ecommerce")
+    model, tok, _ = load_base(str(tiny_task_model))
+    cfg = TrainConfig(negatives=7, seed=3, lora_dropout=0.0)
+    model = get_method("lora").attach(model, cfg, ["q_proj", "v_proj"], 10)
+    with torch.no_grad():  # a non-zero adapter, so the check covers the adapted path
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    task = get_task("ranking", data, domain, tok, cfg)
+    evalset = task.eval_set("test", 6)
+    cached = task.evaluate(model, evalset, cached=True).outputs["scores"]
+    full = task.evaluate(model, evalset, cached=False).outputs["scores"]
+    assert torch.allclose(torch.tensor(cached), torch.tensor(full), atol=1e-4)
+    assert len({round(s, 6) for row in cached for s in row}) > 8  # real, distinct scores

@@ -10,8 +10,12 @@ interactions) is reported as cold_* metrics.
 
 from __future__ import annotations
 
+import torch
+
 from ..batches import Encoded, encode
-from ..data.schema import Interaction
+from ..data.schema import Interaction, Item
+from ..prefix import SENTINEL, cached_answer_logits, split_prompt
+from ..prompts import PreferencePrompt, render, user_message
 from ..metrics import ranking_metrics
 from ..tasks import Example, RankingExample, cold_start, ranking_examples, train_item_counts
 from . import EvalSet, Evaluation
@@ -65,9 +69,31 @@ class RankingTask(PreferenceTask):
     def check_rows(self, train: list[Encoded], valid: EvalSet) -> None:
         super(PreferenceTask, self).check_rows(train, valid)  # labels are 1 and 0 by construction
 
-    def evaluate(self, model, evalset: EvalSet, batch_size: int = 16, device=None, progress=None) -> Evaluation:
-        probs = super().evaluate(model, evalset, batch_size, device, progress).outputs["scores"]
-        width = len(evalset.rows) // max(1, len(evalset.examples))
-        scores = [probs[i:i + width] for i in range(0, len(probs), width)]
+    def evaluate(self, model, evalset: EvalSet, batch_size: int = 16, device=None, progress=None,
+                 cached: bool = True) -> Evaluation:
+        """cached: each user's prefix (history + question) runs once and its KV cache serves all of the
+        user's candidates (recpeft.prefix); False scores every candidate's full prompt (the reference)."""
+        if cached:
+            scores = [self._cached_scores(model, ex, progress) for ex in evalset.examples]
+        else:
+            probs = super().evaluate(model, evalset, batch_size, device, progress).outputs["scores"]
+            width = len(evalset.rows) // max(1, len(evalset.examples))
+            scores = [probs[i:i + width] for i in range(0, len(probs), width)]
         metrics = {**ranking_metrics(scores), "n": len(scores), **cold_start_metrics(scores, evalset.extra["cold"])}
         return Evaluation(metrics, {"scores": scores, "cold": evalset.extra["cold"]})
+
+    def _cached_scores(self, model, ex: RankingExample, progress=None) -> list[float]:
+        """P(Yes) for each of ex's candidates, in candidate order, over one shared prefix."""
+        was_training = model.training
+        model.eval()
+        n = self.cfg.history_len
+        recent = ex.history[-n:] if n else ()
+        prompt = PreferencePrompt([self.data.items[x.item_id] for x in recent if x.liked],
+                                  [self.data.items[x.item_id] for x in recent if not x.liked], Item(SENTINEL, SENTINEL))
+        split = split_prompt(self.tok, render(self.tok, user_message(prompt, self.domain)))
+        suffixes = [split.suffix_ids(self.tok, self.data.items[c].text()) for c in ex.candidates]
+        logits = cached_answer_logits(model, split.prefix_ids, suffixes, self.answer_ids, self.tok.pad_token_id)
+        model.train(was_training)
+        if progress is not None:
+            progress.update(len(suffixes))
+        return torch.softmax(logits, dim=-1)[:, -1].tolist()
