@@ -155,7 +155,7 @@ def _print_summary(cfg: TrainConfig, result) -> None:
     m = result.metrics
     fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     key = m.get("main_metric", "auc")
-    print(f"\nrecpeft train — {cfg.domain} / {cfg.task} / {cfg.method} on {cfg.model}")
+    print(f"\nrecpeft train — {cfg.domain} / {m.get('task', cfg.task)} / {cfg.method} on {cfg.model}")
     label = key.upper()  # AUC, RMSE, NDCG@10, F1
     print(f"  {'split':<8}{'examples':>10}{label + ' base':>15}{label + ' adapter':>17}{'gain':>9}")
     for split in ("valid", "test"):

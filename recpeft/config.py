@@ -21,7 +21,7 @@ from .errors import UserError
 DOMAINS = ("ecommerce", "video", "news")
 METHODS = ("lora", "adalora", "adapter")
 BITS = (0, 4, 8, 16, 32)
-TASKS = ("preference", "click", "rating", "ranking", "interests")
+TASKS = ("preference", "click", "rating", "ranking", "interests", "instruction")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class TrainConfig:
     format: str | None = None  # data format (recpeft.data.load.FORMATS); None = detect from the files
     on_bad_rows: str = "fail"  # fail: stop at the first bad row (file:line); skip: drop and count them
     output_dir: str | None = None  # None = adapters/<domain>
-    task: str = "preference"  # preference, click, rating, ranking or interests (recpeft/objectives/)
+    task: str = "preference"  # preference, click, rating, ranking, interests or instruction (recpeft/objectives/)
     train_samples: int = 0  # > 0: a seeded subset of this many training examples (few-shot); 0 = all
     negatives: int = 19  # ranking: sampled negatives per true next item
     # optimisation

@@ -9,6 +9,7 @@ split. The metrics JSON is written atomically next to the adapter folder
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,10 +49,9 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
     from tqdm.auto import tqdm
 
     from .data.csvdir import load_data
-    from .data.schema import RecData
     from .domains import get_domain
     from .models import load_base, resolve_bits
-    from .objectives import get_task
+    from .objectives import get_task, task_name
 
     start = time.time()
     adapter = None if adapter in (None, "", "none") else adapter
@@ -72,9 +72,12 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
 
     dataset = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
-    if not isinstance(dataset, RecData):
-        raise UserError(f"data '{dataset.name}' is instruction data (alpaca); recpeft eval scores tasks on "
-                        "interactions (users, items, ratings or clicks)")
+    if task_name(cfg.task, dataset) != cfg.task:  # alpaca data runs the instruction task
+        cfg = dataclasses.replace(cfg, task=task_name(cfg.task, dataset))
+        if not out:
+            out_path = default_out(adapter, cfg.domain, cfg.task, split)
+            if write:
+                check_file_writable(out_path)
     base, tok, source = load_base(cfg.model, bits=resolve_bits(cfg.bits))
     the_task = get_task(cfg.task, dataset, get_domain(cfg.domain), tok, cfg)
     if adapter and meta.get("task") == cfg.task and meta.get("prompt_template") != the_task.template_id:

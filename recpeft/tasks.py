@@ -2,7 +2,8 @@
 
 Per user, interactions are sorted by time; the last `test_per_user` become test targets, the
 `valid_per_user` before them validation targets, and the rest training targets. A target's history
-is only what the user did before it, so no example ever looks into its own future.
+is only what the user did before it, so no example ever looks into its own future. Instruction
+records (alpaca) have no users or time: instruction_splits splits them by file name or at random.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .data.schema import Interaction, Item, RecData
+from .data.schema import Instruction, InstructionData, Interaction, Item, RecData
+from .errors import UserError
 from .prompts import PreferencePrompt
 
 SPLITS = ("train", "valid", "test")
@@ -207,3 +209,29 @@ def interests_examples(data: RecData, window: int = 5, min_history: int = 3) -> 
                 out[split].append(ex)
         out["train"] += [InterestsExample(user, "train", events[:i], ()) for i in range(min_history, cut + 1)]
     return out
+
+
+def instruction_splits(data: InstructionData, seed: int = 0) -> dict[str, list[Instruction]]:
+    """Train / valid / test records of instruction data, as they are.
+
+    Records from files named train / valid / test keep that split (TALLRec's layout); with no valid
+    file, a seeded 10% of train validates. Data with no split names at all is split 80/10/10,
+    seeded. Some records named and others not is an error: the split of the rest would be a guess.
+    """
+    named = [x for x in data.examples if x.split is not None]
+    if not named:
+        order = list(range(len(data.examples)))
+        random.Random(seed).shuffle(order)
+        k = max(1, round(len(order) / 10)) if len(order) >= 3 else 0
+        parts = {"valid": order[:k], "test": order[k:2 * k], "train": order[2 * k:]}
+        return {name: [data.examples[i] for i in sorted(idx)] for name, idx in parts.items()}
+    if len(named) < len(data.examples):
+        stray = next(x for x in data.examples if x.split is None)
+        raise UserError("this file's name is not train / valid / test while other files' are; name every file "
+                        "by its split, or pass one file", stray.source.rsplit(":", 1)[0])
+    splits = {name: data.split(name) for name in ("train", "valid", "test")}
+    if not splits["valid"] and len(splits["train"]) >= 2:
+        held = set(random.Random(seed).sample(range(len(splits["train"])), max(1, round(len(splits["train"]) / 10))))
+        splits["valid"] = [x for i, x in enumerate(splits["train"]) if i in held]
+        splits["train"] = [x for i, x in enumerate(splits["train"]) if i not in held]
+    return splits

@@ -28,14 +28,13 @@ from .artifacts import check_can_create, check_writable, model_card, save_adapte
 from .batches import loader
 from .config import TrainConfig
 from .data.csvdir import load_data
-from .data.schema import RecData
 from .domains import get_domain
-from .errors import Interrupted, UserError
+from .errors import Interrupted
 from .faults import kill_point
 from .methods import adalora, get_method
 from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
                      tokenizer_fingerprint)
-from .objectives import Evaluation, get_task
+from .objectives import Evaluation, get_task, task_name
 
 
 @dataclass
@@ -78,9 +77,7 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
         check_writable(out_dir)
         check_can_create(Path(cfg.runs_dir) / cfg.domain, "runs folder")
     data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
-    if not isinstance(data, RecData):
-        raise UserError(f"data '{data.name}' is instruction data (alpaca); this trainer needs interactions "
-                        "(users, items, ratings or clicks)")
+    task_name(cfg.task, data)  # a task the data cannot do fails here, before the model loads
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     main = accelerator.is_main_process
     torch.set_num_threads(_threads(cfg, accelerator.num_processes))
@@ -311,7 +308,7 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
     written = None
     if save and main:
         meta = {
-            "recpeft_version": __version__, "domain": cfg.domain, "method": cfg.method, "task": cfg.task,
+            "recpeft_version": __version__, "domain": cfg.domain, "method": cfg.method, "task": task.name,
             "positive_verb": domain.positive_verb, "prompt_template": task.template_id,
             "verbalizer": task.verbalizer(),
             "base_model": {"name": cfg.model, "source": source, "fingerprint": fingerprint(final.config, tok),
@@ -320,7 +317,8 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
                            "architecture": final.config.model_type},
             "target_modules": targets, "trainable_parameters": n_trainable,
             "data": {"name": data.name, "fingerprint": data.fingerprint()},
-            "train_config": cfg.to_dict(), "metrics": metrics, "history": history,
+            # the task that ran (alpaca data turns the default preference into instruction)
+            "train_config": {**cfg.to_dict(), "task": task.name}, "metrics": metrics, "history": history,
         }
         written = str(save_adapter_dir(lambda folder: method.save(final, folder, cfg), out_dir, meta,
                                        model_card(meta)))

@@ -202,11 +202,12 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
-def test_instruction_data_is_refused_clearly_by_the_interaction_trainer(tmp_path, monkeypatch, capsys):
+def test_instruction_data_is_refused_clearly_by_an_interaction_task(tmp_path, monkeypatch, capsys):
     from recpeft.cli import main
 
-    path, _ = write(tmp_path / "in", "alpaca")
-    monkeypatch.setattr(sys, "argv", ["recpeft", "train", "--dry-run", "--data", str(path), "--model", "nowhere"])
+    path, _ = write(tmp_path / "in", "alpaca")  # it trains as --task instruction (tests/test_instruction.py)
+    monkeypatch.setattr(sys, "argv", ["recpeft", "train", "--dry-run", "--data", str(path), "--model", "nowhere",
+                                      "--task", "rating"])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2 and "is instruction data (alpaca)" in capsys.readouterr().err

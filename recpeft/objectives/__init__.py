@@ -8,6 +8,7 @@ classical baselines read the same splits and candidates.
     preference  Yes/No like prediction (TALLRec), AUC          click      the same on click labels
     rating      1-5 from the digit tokens, RMSE / MAE          ranking    1 + K candidates, NDCG@10
     interests   generated category list, F1 vs. the future
+    instruction alpaca / TALLRec records as they are: Yes/No AUC, or LM loss + exact match
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ..batches import Encoded
 from ..config import TASKS
-from ..data.schema import RecData
+from ..data.schema import InstructionData, RecData
 from ..domains import Domain
 from ..errors import UserError
 from ..tasks import subsample, with_item_stats
@@ -118,14 +119,31 @@ class Task:
                             f"examples for the {self.name} task; need users with longer histories")
 
 
-def get_task(name: str, data: RecData, domain: Domain, tokenizer, cfg) -> Task:
-    """The task called `name`, bound to data, domain, tokenizer and settings."""
+def task_name(name: str, data: RecData | InstructionData) -> str:
+    """The task that runs for `name` on `data`. Instruction data (alpaca) only runs the instruction
+    task, so the default `preference` selects it; other interaction tasks are refused."""
+    if isinstance(data, InstructionData):
+        if name in ("instruction", "preference"):
+            return "instruction"
+        raise UserError(f"data '{data.name}' is instruction data (alpaca): it trains and evaluates as it is, with "
+                        f"--task instruction, not {name} (that task needs users, items and interactions)")
+    if name == "instruction":
+        raise UserError(f"--task instruction needs instruction data (alpaca / TALLRec JSON: instruction, input, "
+                        f"output); data '{data.name}' holds interactions")
+    return name
+
+
+def get_task(name: str, data: RecData | InstructionData, domain: Domain, tokenizer, cfg) -> Task:
+    """The task called `name` (as task_name resolves it for the data), bound to data, domain,
+    tokenizer and settings."""
+    from .instruction import InstructionTask
     from .interests import InterestsTask
     from .preference import ClickTask, PreferenceTask
     from .ranking import RankingTask
     from .rating import RatingTask
 
-    classes = {t.name: t for t in (PreferenceTask, ClickTask, RatingTask, RankingTask, InterestsTask)}
+    classes = {t.name: t for t in (PreferenceTask, ClickTask, RatingTask, RankingTask, InterestsTask,
+                                   InstructionTask)}
     if name not in classes:
         raise UserError(f"unknown task '{name}'; choose from {', '.join(TASKS)}")
-    return classes[name](data, domain, tokenizer, cfg)
+    return classes[task_name(name, data)](data, domain, tokenizer, cfg)
