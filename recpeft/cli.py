@@ -13,6 +13,7 @@ import typer
 
 from .config import DOMAINS, METHODS, TASKS, TrainConfig, build_config
 from .errors import Interrupted, UserError
+from .cli_use import _opt, baselines, eval_cmd, merge, recommend, serve, verify
 
 app = typer.Typer(
     help="Parameter-efficient fine-tuning of decoder LLMs for recommendation (LoRA adapters per domain).",
@@ -22,10 +23,6 @@ models_app = typer.Typer(help="List and fetch the built-in pretrained models.", 
 app.add_typer(models_app, name="models")
 
 _D = TrainConfig()
-
-
-def _opt(default, help_text: str, *names: str):
-    return typer.Option(None, *names, help=f"{help_text} [default: {default}]", show_default=False)
 
 
 @app.command()
@@ -171,91 +168,6 @@ def _print_summary(cfg: TrainConfig, result) -> None:
         print(f"  adapter written to {result.output_dir}/")
 
 
-@app.command("eval")
-def eval_cmd(
-    adapter: str = typer.Option(..., "--adapter", "-a", help="Adapter folder (e.g. adapters/news), or 'none' for "
-                                "the untrained base model (zero-shot)."),
-    data: Optional[str] = _opt("the adapter's training data, else the embedded sample", "Data path.", "--data"),
-    fmt: Optional[str] = _opt("auto / the adapter's", "Data format (see `recpeft train --help`).", "--format"),
-    task: Optional[str] = _opt("the adapter's task, else preference", f"Task: {', '.join(TASKS)}.", "--task"),
-    split: str = typer.Option("test", "--split", help="train, valid or test."),
-    limit: int = typer.Option(0, "--limit", help="Evaluate a seeded subset of N examples (0 = all).", min=0),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON instead of the table."),
-    model: Optional[str] = _opt("the adapter's base model, else smollm2-135m", "Base model.", "--model", "-m"),
-    domain: Optional[str] = _opt("the adapter's domain, else news", f"Domain: {', '.join(DOMAINS)}.", "--domain", "-d"),
-    out: Optional[str] = _opt("<adapter>.eval-<task>-<split>.json beside the adapter folder "
-                              "(adapters/base-<domain>.eval-<task>-<split>.json for none)", "Metrics JSON file.",
-                              "--out", "-o"),
-    batch_size: int = typer.Option(16, "--batch-size", help="Rows per forward pass.", min=1),
-    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = all cores).", min=0),
-    force: bool = typer.Option(False, "--force", help="Load an adapter even if it was trained on another base."),
-) -> None:
-    """Evaluate an adapter (or the untrained base) on one split: a metrics table and a metrics JSON file."""
-    from .evaluate import evaluate, format_table
-
-    report = evaluate(adapter, data=data, fmt=fmt, task=task, split=split, limit=limit, model=model, domain=domain,
-                      out=out, batch_size=batch_size, threads=threads, force=force, show_progress=not as_json)
-    if as_json:
-        print(json.dumps(report.payload, indent=2))
-    else:
-        print(format_table(report.payload))
-        print(f"  metrics written to {report.path}")
-
-
-@app.command()
-def verify(
-    adapter: Path = typer.Argument(..., help="Adapter folder, e.g. adapters/news."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check it was trained on this base model "
-                                        "(fingerprint of config and tokenizer) and attaches to it."),
-    force: bool = typer.Option(False, "--force", help="Accept a base-model mismatch with a warning."),
-) -> None:
-    """Check an adapter folder: complete, weights in safetensors, and (with --model) made for that base."""
-    from transformers.utils import logging as hf_logging
-
-    from .methods import check_adapter
-
-    hf_logging.disable_progress_bar()  # stderr is for the one-line verdict
-    found = check_adapter(adapter, model, force)
-    base = f"; attaches to {model}" if model else ""
-    print(f"ok: {found['method']} adapter for {found['domain'] or 'an unknown domain'} "
-          f"(trained on {found['base_model'] or 'an unrecorded base'}) in {adapter}{base}")
-
-
-@app.command()
-def baselines(
-    task: str = typer.Option(..., "--task", help="preference (AUC), ranking (HR/NDCG/MRR) or rating (RMSE/MAE)."),
-    data: Optional[str] = _opt("embedded sample", "Data file or folder (see README for the formats); default: "
-                               "the domain's embedded sample.", "--data"),
-    data_format: Optional[str] = _opt("detected from the files", "Data format: movielens, amazon, amazon-unisrec, "
-                                      "mind, jsonl or csv.", "--format"),
-    on_bad_rows: str = typer.Option(_D.on_bad_rows, "--on-bad-rows", help="fail: stop at the first bad row; "
-                                    "skip: drop bad rows and report how many."),
-    domain: str = typer.Option(_D.domain, "--domain", "-d", help=f"Domain whose embedded sample is used "
-                               f"without --data: {', '.join(DOMAINS)}."),
-    models: Optional[str] = _opt("every baseline that does the task", "Comma-separated baselines: random, "
-                                 "popularity, item_knn, bpr, gru4rec, logreg.", "--models"),
-    negatives: int = typer.Option(19, "--negatives", help="Ranking: sampled negatives per true item."),
-    train_samples: int = typer.Option(0, "--train-samples", help="Few-shot preference/rating: fit on the same "
-                                      "seeded N training examples as the LLM (0 = all)."),
-    history_len: int = typer.Option(10, "--history-len", help="History items a model may read when it scores "
-                                    "(0 = all)."),
-    cold_max_train: int = typer.Option(2, "--cold-max-train", help="Cold-start slice: test targets whose item "
-                                       "has at most this many train-period interactions."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed for negatives, few-shot samples and model fits."),
-    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch's default)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the results JSON to this file."),
-) -> None:
-    """Classical baselines (popularity, item-kNN, BPR, GRU4Rec, logistic regression) on the LLM's splits."""
-    from .baselines import baseline_report, format_report
-
-    report = baseline_report(domain, data, task, fmt=data_format, on_bad_rows=on_bad_rows, models=models.split(",") if models else None,
-                             negatives=negatives, seed=seed, train_samples=train_samples, history_len=history_len,
-                             cold_max_train=cold_max_train, threads=threads, out=out,
-                             log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(report, indent=2) if as_json else format_report(report))
-
-
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Built-in models and whether they are already converted in the cache."""
@@ -280,93 +192,9 @@ def models_pull(
     print(pull(name, force=force))
 
 
-@app.command()
-def recommend(
-    adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter folder (from `recpeft train`)."),
-    history: str = typer.Option(..., "--history", help="The user's liked items, oldest first, separated by ';'. "
-                                "Prefix a title with '-' for a dislike."),
-    candidates: Optional[Path] = typer.Option(None, "--candidates", help="File of candidates: one title per line, "
-                                              "or a CSV with a 'title' column (and optional item_id, category)."),
-    from_catalog: bool = typer.Option(False, "--from-catalog", help="Rank every catalogue item of the adapter's "
-                                      "training data that is not in the history."),
-    k: int = typer.Option(10, "-k", "--top-k", help="How many to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
-    force: bool = typer.Option(False, "--force", help="Load an adapter trained on another base anyway."),
-) -> None:
-    """Rank candidates for a user history with a trained adapter (history prefix encoded once)."""
-    from .recommend import recommend as run
-
-    rows = run(adapter, history, candidates, from_catalog, k, bits=bits, force=force)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    width = max(len(r["title"]) for r in rows)
-    print(f"{'rank':>4}  {'score':>6}  {'title':<{width}}  category")
-    for r in rows:
-        print(f"{r['rank']:>4}  {r['score']:.4f}  {r['title']:<{width}}  {r['category']}")
-
-
-@app.command()
-def merge(
-    adapters: list[str] = typer.Argument(..., help="Adapter folder; with --combine, two or more (and the "
-                                         "--weights values may follow them)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
-    combine: bool = typer.Option(False, "--combine", help="Combine the adapters into one LoRA adapter instead "
-                                 "of baking one into the base."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="With --combine: one weight per adapter, "
-                                          "e.g. --weights 0.5 0.5 [default: equal]."),
-    force: bool = typer.Option(False, "--force", help="Accept an adapter trained on another base anyway."),
-) -> None:
-    """Bake a LoRA/AdaLoRA adapter into its base (a plain HF model folder), or --combine adapters."""
-    from .merge import combine_adapters, merge_adapter
-
-    paths, extra = _split_weights(adapters)
-    values = ([] if weights is None else _floats(weights)) + extra
-    if not combine:
-        if len(paths) != 1 or values:
-            raise UserError("merge takes one adapter folder; use --combine A B --weights 0.5 0.5 to combine")
-        r = merge_adapter(paths[0], out, force=force)
-        print(f"merged {r['method']} adapter {paths[0]} into {r['out']}/ (float32); "
-              f"max |logit diff| merged vs base + adapter: {r['max_abs_logit_diff']:.3g}")
-        return
-    r = combine_adapters(paths, values or [1.0 / len(paths)] * len(paths), out, force=force)
-    parts = " + ".join(f"{s['weight']:g} x {s['path']}" for s in r["sources"])
-    print(f"combined {parts} into the LoRA adapter {r['out']}/")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"--weights must be numbers, got {text!r}") from None
-
-
-def _split_weights(args: list[str]) -> tuple[list[str], list[float]]:
-    """`--weights 0.5 0.5`: click gives --weights the first value; the others land among the
-    positional arguments, where a number that is no existing path is taken as a weight."""
-    paths, extra = [], []
-    for a in args:
-        try:
-            value = float(a)
-        except ValueError:
-            value = None
-        (extra.append(value) if value is not None and not Path(a).exists() else paths.append(a))
-    return paths, extra
-
-
-@app.command()
-def serve(
-    adapters: Path = typer.Option(Path("adapters"), "--adapters", help="Folder whose sub-folders are adapters; "
-                                  "each is served under its folder name."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
-) -> None:
-    """Serve the adapters over HTTP (FastAPI; OpenAPI docs at /docs), one shared base model."""
-    from .serve import run
-
-    run(adapters, host, port, bits=bits)
+for _name, _verb in (("eval", eval_cmd), ("verify", verify), ("baselines", baselines), ("recommend", recommend),
+                     ("merge", merge), ("serve", serve)):
+    app.command(_name)(_verb)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..batches import Encoded, encode
+from ..batches import Encoded
 from ..data.schema import Interaction, Item
 from ..prefix import SENTINEL, cached_answer_logits, split_prompt
 from ..prompts import PreferencePrompt, render, user_message
