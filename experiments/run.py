@@ -103,6 +103,9 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
             row["generated_examples"] = outputs[run_name]["generated"][:5]
         results["runs"].append(row)
         print(f"[experiments] {name}/{run_name}: test {row['test']} ({row['seconds']:.0f} s)", flush=True)
+        # After every run, so a long experiment that is stopped keeps what it finished (complete: false)
+        results["complete"] = len(results["runs"]) == len(spec["runs"])
+        write_json_atomic(out / f"{name}.json", results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
     write_json_atomic(out / f"{name}.json", results)
     print(f"[experiments] wrote {out / f'{name}.json'}")
