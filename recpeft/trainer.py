@@ -35,6 +35,7 @@ from .methods import adalora, get_method
 from .models import (config_fingerprint, default_targets, fingerprint, load_base, resolve_bits,
                      tokenizer_fingerprint)
 from .objectives import Evaluation, get_task, task_name
+from .runtime import default_threads
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TrainResult:
 
 
 def _threads(cfg: TrainConfig, num_processes: int) -> int:
-    return cfg.threads or max(1, (os.cpu_count() or 1) // num_processes)
+    return cfg.threads or default_threads(num_processes)
 
 
 def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_run: bool = False) -> TrainResult:

@@ -1,0 +1,270 @@
+"""Training speed: a naive seed-style loop against recpeft's own trainer, in one process.
+
+    python experiments/bench_train.py [--model smollm2-135m] [--examples 256] [--batch-size 8] [--quick]
+
+Both runs use the same base model (recpeft.models.load_base), the same LoRA configuration, optimiser,
+schedule, learning rate and number of optimiser steps, and the SAME training examples in the same
+batches: (b) runs first through `recpeft.trainer.train`, and a global forward hook on the embedding
+records exactly which token sequences each of its training steps saw; (a) then replays them.
+
+(a) naive: every example is `prompt + answer token`, right-padded to the fixed `max_length`,
+    full-vocabulary logits at every position, Hugging Face's LM loss on the answer token only.
+(b) recpeft: length-bucketed left padding, `logits_to_keep=1`, loss over the Yes/No logits.
+
+Achieved GFLOP/s counts useful work on real tokens only (no padding), per training example of T
+tokens: 2·N·T forward + 2·N·T input-gradient backward through the frozen base + 6·N_trainable·T
+for the trainable weights + 4·V·d for the LM head at the one position the loss reads. N = the
+parameters of the decoder blocks and final norm (the embedding lookup is a gather, not a matmul);
+attention-score FLOPs (about 2% here) are not counted, so the figure is conservative. The reference
+is the fp32 GFLOP/s of a large square torch.mm in the same process and thread count, measured
+before (b), between the runs and after (a); (b) is compared with the mean of the two probes around it,
+because the machine may be shared.
+
+Quality at equal steps: validation AUC of both adapters on the same validation examples, scored by
+the same scorer (recpeft.scoring.score), with Hanley-McNeil 95% intervals. Writes
+experiments/results/bench_train.json (bench_train_quick.json with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def matmul_gflops(n: int, seconds: float) -> float:
+    """Best fp32 GFLOP/s of an n x n @ n x n torch.mm, repeated for about `seconds`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        tick = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - tick) / 1e9)
+    return best
+
+
+def hanley_mcneil(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of a ROC AUC (Hanley & McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+class StepRecorder:
+    """Records the real (unpadded) token ids of every training-mode forward through an embedding.
+
+    recpeft left-pads, so a row's padding is its leading run of pad ids (prompts start with a
+    non-pad token). Also records the torch thread count seen inside the run.
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.batches, self.threads = pad_id, [], set()
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if isinstance(module, torch.nn.Embedding) and module.training and args and args[0].dtype == torch.long:
+            rows = []
+            for row in args[0].tolist():
+                start = next((i for i, t in enumerate(row) if t != self.pad_id), len(row))
+                rows.append(row[start:])
+            self.batches.append((rows, args[0].numel()))
+            self.threads.add(torch.get_num_threads())
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def flops_per_example(n_block: int, n_trainable: int, vocab: int, hidden: int, tokens: int) -> int:
+    return (4 * n_block + 6 * n_trainable) * tokens + 4 * vocab * hidden
+
+
+def naive_train(cfg, batches, labels, valid_rows) -> dict:
+    """Seed-style loop: fixed-length right padding, full-vocabulary logits, LM loss on the answer token."""
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from recpeft.methods import get_method
+    from recpeft.models import default_targets, load_base
+    from recpeft.prompts import answer_token_ids
+    from recpeft.scoring import score
+
+    model, tok, _ = load_base(cfg.model, bits=32)
+    attn = model.config._attn_implementation
+    answer_ids = answer_token_ids(tok)
+    set_seed(cfg.seed)
+    model = get_method(cfg.method).attach(model, cfg, cfg.target_modules or default_targets(model), len(batches))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * len(batches)), len(batches))
+    width, pad = cfg.max_length, tok.pad_token_id
+    model.train()
+    losses, seconds = [], []
+    for rows, ys in zip(batches, labels):
+        tick = time.perf_counter()
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        target = torch.full_like(ids, -100)
+        for i, (row, y) in enumerate(zip(rows, ys)):
+            seq = (row + [answer_ids[y]])[-width:]
+            ids[i, :len(seq)], mask[i, :len(seq)], target[i, len(seq) - 1] = torch.tensor(seq), 1, seq[-1]
+        loss = model(input_ids=ids, attention_mask=mask, labels=target).loss  # logits: [B, width, vocab]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - tick)
+    probs = score(model, valid_rows, answer_ids, pad, batch_size=cfg.batch_size * 2)
+    return {"seconds": seconds, "losses": losses, "probs": probs, "attn_implementation": attn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--domain", default="news")
+    parser.add_argument("--examples", type=int, default=256, help="training examples (steps = examples / batch size)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--valid", type=int, default=128, help="validation examples scored for both runs")
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=0, help="0 = what recpeft's trainer picks")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps of 4, 16 validation examples")
+    parser.add_argument("--output", default=None, help="results JSON (default experiments/results/bench_train*.json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.examples, args.batch_size, args.valid, args.matmul_n = 8, 4, 16, 512
+
+    from recpeft.config import TrainConfig
+    from recpeft.data.csvdir import load_data
+    from recpeft.domains import get_domain
+    from recpeft.batches import Encoded, encode
+    from recpeft.metrics import auc
+    from recpeft.models import load_tokenizer, resolve
+    from recpeft.tasks import preference_examples, subsample
+    from recpeft.trainer import train
+
+    wall = time.time()
+    steps = max(1, args.examples // args.batch_size)
+    cfg = TrainConfig(domain=args.domain, model=args.model, max_steps=steps, batch_size=args.batch_size,
+                      eval_every=steps, eval_samples=args.valid, test_samples=4, patience=0, threads=args.threads,
+                      bits=32)
+    resolve(cfg.model)  # fetch/convert outside any timing
+    tok = load_tokenizer(resolve(cfg.model))
+    # The validation rows train() scores: same subsample, same encoding.
+    data = load_data(cfg.domain, cfg.data)
+    valid_rows = encode(subsample(preference_examples(data)["valid"], cfg.eval_samples, cfg.seed), data,
+                        get_domain(cfg.domain), tok, cfg.history_len, cfg.max_length)
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0))))
+    probes = [matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0)]
+    print(f"[bench] fp32 torch.mm {args.matmul_n}^3 on {torch.get_num_threads()} threads: {probes[0]:.1f} GFLOP/s",
+          flush=True)
+
+    # (b) recpeft's trainer; the recorder sees what each step trained on.
+    recorder = StepRecorder(tok.pad_token_id)
+    try:
+        result = train(cfg, save=False, show_progress=False)
+    finally:
+        recorder.close()
+    recorded = recorder.batches
+    if len(recorded) != result.metrics["steps"] * cfg.grad_accum:
+        raise RuntimeError(f"recorded {len(recorded)} training forwards for {result.metrics['steps']} steps")
+    b_seconds = result.metrics["seconds_per_micro_batch"] * steps
+    probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
+
+    # Labels of the recorded rows: look each prompt up among the encoded training rows.
+    train_rows = encode(preference_examples(data)["train"], data, get_domain(cfg.domain), tok, cfg.history_len,
+                        cfg.max_length)
+    by_ids: dict[tuple[int, ...], Encoded] = {tuple(r.input_ids): r for r in train_rows}
+    batches = [rows for rows, _ in recorded]
+    labels = [[by_ids[tuple(r)].label for r in rows] for rows in batches]
+
+    naive = naive_train(cfg, batches, labels, valid_rows)
+    probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
+    a_seconds = sum(naive["seconds"])
+
+    model_cfg = result.model.config
+    vocab, hidden = model_cfg.vocab_size, model_cfg.hidden_size
+    base = result.model.get_base_model()
+    n_embed = base.get_input_embeddings().weight.numel()
+    head = base.get_output_embeddings().weight
+    n_head = 0 if head is base.get_input_embeddings().weight else head.numel()
+    n_trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
+    n_block = sum(p.numel() for p in base.parameters()) - n_embed - n_head - n_trainable
+    n_examples = sum(len(rows) for rows in batches)
+    real_tokens = sum(len(r) for rows in batches for r in rows)
+    flops = sum(flops_per_example(n_block, n_trainable, vocab, hidden, len(r)) for rows in batches for r in rows)
+    b_padded = sum(n for _, n in recorded)
+    reference = statistics.mean(probes[:2])  # the probes just before and just after (b)
+    b_gflops = flops / b_seconds / 1e9
+    a_gflops = flops / a_seconds / 1e9
+
+    labels_valid = [r.label for r in valid_rows]
+    n_pos = sum(labels_valid)
+    a_auc = auc(labels_valid, naive["probs"])
+    b_auc = result.history[-1]["valid_auc"]
+    a_se, b_se = hanley_mcneil(a_auc, n_pos, len(labels_valid) - n_pos), hanley_mcneil(b_auc, n_pos, len(labels_valid) - n_pos)
+    diff_se = math.hypot(a_se, b_se)
+    out = {
+        "model": cfg.model, "domain": cfg.domain, "examples": n_examples, "batch_size": cfg.batch_size, "steps": steps,
+        "lr": cfg.lr, "method": cfg.method, "lora_r": cfg.lora_r, "naive_max_length": cfg.max_length,
+        "threads_inside_run": sorted(recorder.threads), "attn_implementation": naive["attn_implementation"],
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
+                   + f", {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+        "flop_rule": "per example of T real tokens: (4*N_block + 6*N_trainable)*T + 4*vocab*hidden (LM head at the one "
+                     "scored position); N_block = decoder blocks + final norm (embedding lookup excluded); attention "
+                     "scores not counted",
+        "n_block": n_block, "n_trainable": n_trainable, "real_tokens": real_tokens,
+        "recpeft_tokens_incl_padding": b_padded, "naive_tokens_incl_padding": n_examples * cfg.max_length,
+        "useful_gflop": round(flops / 1e9, 1),
+        "matmul_gflops_probes": [round(p, 1) for p in probes], "matmul_gflops_reference": round(reference, 1),
+        "naive": {"seconds": round(a_seconds, 1), "samples_per_s": round(n_examples / a_seconds, 3),
+                  "useful_gflops": round(a_gflops, 1), "valid_auc": round(a_auc, 4), "valid_auc_se": round(a_se, 4),
+                  "final_loss": round(naive["losses"][-1], 4)},
+        "recpeft": {"seconds": round(b_seconds, 1), "samples_per_s": round(n_examples / b_seconds, 3),
+                    "useful_gflops": round(b_gflops, 1), "share_of_matmul": round(b_gflops / reference, 3),
+                    "valid_auc": round(b_auc, 4), "valid_auc_se": round(b_se, 4),
+                    "valid_auc_base": round(result.metrics["valid_auc_base"], 4)},
+        "speedup": round(a_seconds / b_seconds, 2),
+        "valid_n": len(valid_rows), "valid_positives": n_pos,
+        "auc_difference": round(b_auc - a_auc, 4), "auc_difference_95ci": round(1.96 * diff_se, 4),
+        "other_processes_running": os.getloadavg()[0] > 0.5 * len(os.sched_getaffinity(0)),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "wall_seconds": round(time.time() - wall, 1),
+    }
+    print(f"[bench] FLOP rule: {out['flop_rule']}")
+    print(f"[bench] N_block {n_block:,}  N_trainable {n_trainable:,}  {n_examples} examples, {real_tokens:,} real tokens "
+          f"(recpeft computed {b_padded:,} incl. padding, naive {out['naive_tokens_incl_padding']:,}); "
+          f"useful work {flops / 1e9:,.0f} GFLOP")
+    print(f"[bench] threads inside the run: {out['threads_inside_run']}; attention: {out['attn_implementation']}")
+    print(f"[bench] matmul GFLOP/s probes (before b, between, after a): {out['matmul_gflops_probes']}; reference "
+          f"for (b) = mean of the two around it: {reference:.1f}")
+    for name in ("naive", "recpeft"):
+        r = out[name]
+        print(f"[bench] ({'a' if name == 'naive' else 'b'}) {name:8s} {r['seconds']:8.1f} s  {r['samples_per_s']:7.3f} samples/s  "
+              f"{r['useful_gflops']:6.1f} useful GFLOP/s  valid AUC {r['valid_auc']:.4f} ± {1.96 * r['valid_auc_se']:.4f}")
+    print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.0%} of the "
+          f"matmul GFLOP/s; AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
+          f"{len(valid_rows)} validation examples)")
+    if out["other_processes_running"]:
+        print(f"[bench] note: other processes were running (load average {out['load_average_1min_at_end']}); the "
+              "ratios are side by side in one run, absolute rates are lower than on an idle machine")
+    path = Path(args.output) if args.output else RESULTS_DIR / ("bench_train_quick.json" if args.quick else "bench_train.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"[bench] wrote {path} ({out['wall_seconds']:.0f} s wall)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

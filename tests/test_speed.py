@@ -1,0 +1,124 @@
+"""The training and scoring speed tricks are really in effect: SDPA, threads, one tokenisation, logits
+at one position, checkpointing only on request; and the training benchmark runs end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from recpeft import runtime
+from recpeft.batches import encode
+from recpeft.config import TrainConfig
+from recpeft.data.csvdir import load_data
+from recpeft.domains import get_domain
+from recpeft.models import load_base
+from recpeft.prompts import answer_token_ids
+from recpeft.scoring import score
+from recpeft.tasks import preference_examples
+from recpeft.trainer import train
+
+from conftest import ROOT
+
+
+def _cfg(tmp_path, model, data, **kw):
+    base = dict(domain="news", model=str(model), data=str(data), output_dir=str(tmp_path / "out"), max_steps=2,
+                batch_size=4, eval_every=2, eval_samples=8, test_samples=4, patience=0, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_load_base_uses_sdpa_attention(tiny_model):
+    model, _, _ = load_base(str(tiny_model))
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_default_threads_follow_cpu_affinity(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert runtime.usable_cores() == 6
+    assert runtime.default_threads(1) == 6 and runtime.default_threads(4) == 1 and runtime.default_threads(12) == 1
+
+
+def test_training_runs_on_the_default_thread_count(tiny_model, skewed_news, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    seen = set()
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.add(torch.get_num_threads()) if module.training else None)
+    before = torch.get_num_threads()
+    try:
+        train(_cfg(tmp_path, tiny_model, skewed_news, threads=0), save=False, show_progress=False)
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    assert seen == {3}
+
+
+def test_examples_are_tokenised_once_not_per_epoch(tiny_model, skewed_news, tmp_path, monkeypatch):
+    calls = []
+    original = PreTrainedTokenizerBase.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", counting)
+    counts = []
+    for epochs in (1, 3):
+        calls.clear()
+        result = train(_cfg(tmp_path, tiny_model, skewed_news, max_steps=0, epochs=epochs, eval_every=1000),
+                       save=False, show_progress=False)
+        counts.append(len(calls))
+    assert result.metrics["steps"] > 3  # several passes really ran
+    assert counts[0] == counts[1] > 0
+
+
+def test_train_step_and_scoring_compute_logits_at_one_position(tiny_model, skewed_news, tmp_path):
+    widths = []
+
+    def hook(module, args):
+        if isinstance(module, torch.nn.Linear) and module.out_features > 100:  # the LM head (vocabulary rows)
+            widths.append(args[0].shape[1])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        result = train(_cfg(tmp_path, tiny_model, skewed_news), save=False, show_progress=False)
+        data = load_data("news", str(skewed_news))
+        rows = encode(preference_examples(data)["test"][:5], data, get_domain("news"), result.tokenizer, 6, 320)
+        widths.clear()
+        score(result.model, rows, answer_token_ids(result.tokenizer), result.tokenizer.pad_token_id, batch_size=2)
+    finally:
+        handle.remove()
+    assert widths and set(widths) == {1}
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_gradient_checkpointing_only_when_asked(tiny_model, skewed_news, tmp_path, bits):
+    for asked in (False, True):
+        cfg = _cfg(tmp_path, tiny_model, skewed_news, bits=bits, gradient_checkpointing=asked, max_steps=1, eval_every=1)
+        model = train(cfg, save=False, show_progress=False).model.get_base_model()
+        assert model.is_activation_checkpointing is asked
+
+
+def test_release_memory_is_safe_to_call():
+    assert isinstance(runtime.release_memory(), bool)
+
+
+@pytest.mark.slow
+def test_bench_train_quick_runs_on_a_tiny_model(tiny_model, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_train.py"), "--quick", "--model",
+                           str(tiny_model), "--threads", "1", "--output", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["examples"] == 8 and r["steps"] == 2 and r["threads_inside_run"] == [1]
+    assert r["attn_implementation"] == "sdpa"
+    # real tokens <= what recpeft computed (bucketed padding) < the naive loop's fixed-length padding
+    assert 0 < r["real_tokens"] <= r["recpeft_tokens_incl_padding"] < r["naive_tokens_incl_padding"]
+    assert r["naive"]["samples_per_s"] > 0 and r["recpeft"]["samples_per_s"] > 0
+    assert r["speedup"] == pytest.approx(r["recpeft"]["samples_per_s"] / r["naive"]["samples_per_s"], rel=0.02)
+    assert 0 <= r["naive"]["valid_auc"] <= 1 and 0 <= r["recpeft"]["valid_auc"] <= 1
+    assert "speed-up (b)/(a)" in proc.stdout and "FLOP rule" in proc.stdout
