@@ -85,6 +85,16 @@ class StepRecorder:
         self.handle.remove()
 
 
+def load_normalised(out: dict) -> dict:
+    """Each run's useful GFLOP/s as a share of the mean of the matmul probes around it, and the speed-up
+    those shares imply: a shared machine's load changes between the runs, the probes track it."""
+    p = out["matmul_gflops_probes"]
+    ref_b, ref_a = (p[0] + p[1]) / 2, (p[1] + p[2]) / 2
+    share_a, share_b = out["naive"]["useful_gflops"] / ref_a, out["recpeft"]["useful_gflops"] / ref_b
+    return {"naive_share_of_matmul": round(share_a, 3), "recpeft_share_of_matmul": round(share_b, 3),
+            "speedup_load_normalised": round(share_b / share_a, 2)}
+
+
 def flops_per_example(n_block: int, n_trainable: int, vocab: int, hidden: int, tokens: int) -> int:
     return (4 * n_block + 6 * n_trainable) * tokens + 4 * vocab * hidden
 
@@ -237,12 +247,15 @@ def main() -> None:
                     "valid_auc": round(b_auc, 4), "valid_auc_se": round(b_se, 4),
                     "valid_auc_base": round(result.metrics["valid_auc_base"], 4)},
         "speedup": round(a_seconds / b_seconds, 2),
+        "speedup_load_normalised": None,
         "valid_n": len(valid_rows), "valid_positives": n_pos,
         "auc_difference": round(b_auc - a_auc, 4), "auc_difference_95ci": round(1.96 * diff_se, 4),
         "other_processes_running": os.getloadavg()[0] > 0.5 * len(os.sched_getaffinity(0)),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "wall_seconds": round(time.time() - wall, 1),
     }
+    out["speedup_load_normalised"] = load_normalised(out)["speedup_load_normalised"]
+    out["naive"]["share_of_matmul"] = load_normalised(out)["naive_share_of_matmul"]
     print(f"[bench] FLOP rule: {out['flop_rule']}")
     print(f"[bench] N_block {n_block:,}  N_trainable {n_trainable:,}  {n_examples} examples, {real_tokens:,} real tokens "
           f"(recpeft computed {b_padded:,} incl. padding, naive {out['naive_tokens_incl_padding']:,}); "
@@ -257,6 +270,9 @@ def main() -> None:
     print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.0%} of the "
           f"matmul GFLOP/s; AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
           f"{len(valid_rows)} validation examples)")
+    print(f"[bench] load-normalised (each run against the matmul probes around it): (a) "
+          f"{out['naive']['share_of_matmul']:.0%} and (b) {out['recpeft']['share_of_matmul']:.0%} of the matmul rate; "
+          f"speed-up {out['speedup_load_normalised']:.2f}x")
     if out["other_processes_running"]:
         print(f"[bench] note: other processes were running (load average {out['load_average_1min_at_end']}); the "
               "ratios are side by side in one run, absolute rates are lower than on an idle machine")

@@ -180,7 +180,7 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
-    # The loader's full-precision copies are freed but stay in the heap; give them back (8-bit: ~260 MiB).
+    # The loader's freed full-precision copies stay in the heap; give them back (see runtime.py).
     release_memory()
     return model, tok, source
 

@@ -4,10 +4,10 @@ Threads: one torch thread per usable core, split between the processes of a run.
 the process's CPU affinity (what a container or `taskset` grants), not the host's core count.
 
 Memory: glibc keeps freed memory in its heap and returns little of it to the system. Loading an
-8-bit base frees full-precision copies of every quantised weight; `release_memory()` after loading
-(gc + malloc_trim) hands about 260 MiB of them back, so a loaded 8-bit SmolLM2-135M sits at its
-weights' size above the import floor instead of twice that. It cannot lower a later training peak,
-which reuses that heap anyway (experiments/bench_memory.py measures both).
+base frees the full-precision copies it converted or quantised; `release_memory()` after loading
+(gc + malloc_trim) hands that heap back (SmolLM2-135M: 43 MiB at fp32, 96 at 8-bit, 149 at 4-bit in
+experiments/bench_memory.py), so the loaded model's RSS is close to its weights' size. It cannot lower
+a later training peak, which would have reused that heap anyway.
 """
 
 from __future__ import annotations
