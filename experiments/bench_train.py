@@ -99,19 +99,17 @@ def flops_per_example(n_block: int, n_trainable: int, vocab: int, hidden: int, t
     return (4 * n_block + 6 * n_trainable) * tokens + 4 * vocab * hidden
 
 
-def naive_train(cfg, batches, labels, valid_rows) -> dict:
+def naive_train(cfg, task, batches, labels, valid) -> dict:
     """Seed-style loop: fixed-length right padding, full-vocabulary logits, LM loss on the answer token."""
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     from recpeft.methods import get_method
     from recpeft.models import default_targets, load_base
-    from recpeft.prompts import answer_token_ids
-    from recpeft.scoring import score
 
     model, tok, _ = load_base(cfg.model, bits=32)
     attn = model.config._attn_implementation
-    answer_ids = answer_token_ids(tok)
+    answer_ids = task.answer_ids
     set_seed(cfg.seed)
     model = get_method(cfg.method).attach(model, cfg, cfg.target_modules or default_targets(model), len(batches))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -137,8 +135,8 @@ def naive_train(cfg, batches, labels, valid_rows) -> dict:
         optimizer.zero_grad()
         losses.append(loss.item())
         seconds.append(time.perf_counter() - tick)
-    probs = score(model, valid_rows, answer_ids, pad, batch_size=cfg.batch_size * 2)
-    return {"seconds": seconds, "losses": losses, "probs": probs, "attn_implementation": attn}
+    auc = task.evaluate(model, valid, batch_size=cfg.batch_size * 2).metrics["auc"]  # the trainer's own evaluator
+    return {"seconds": seconds, "losses": losses, "auc": auc, "attn_implementation": attn}
 
 
 def main() -> None:
@@ -158,11 +156,10 @@ def main() -> None:
 
     from recpeft.config import TrainConfig
     from recpeft.data.csvdir import load_data
+    from recpeft.batches import Encoded
     from recpeft.domains import get_domain
-    from recpeft.batches import Encoded, encode
-    from recpeft.metrics import auc
     from recpeft.models import load_tokenizer, resolve
-    from recpeft.tasks import preference_examples, subsample
+    from recpeft.objectives import get_task
     from recpeft.trainer import train
 
     wall = time.time()
@@ -172,10 +169,10 @@ def main() -> None:
                       bits=32)
     resolve(cfg.model)  # fetch/convert outside any timing
     tok = load_tokenizer(resolve(cfg.model))
-    # The validation rows train() scores: same subsample, same encoding.
-    data = load_data(cfg.domain, cfg.data)
-    valid_rows = encode(subsample(preference_examples(data)["valid"], cfg.eval_samples, cfg.seed), data,
-                        get_domain(cfg.domain), tok, cfg.history_len, cfg.max_length)
+    # The task object the trainer uses: the same validation subset, encoding and evaluator for both runs.
+    task = get_task(cfg.task, load_data(cfg.domain, cfg.data), get_domain(cfg.domain), tok, cfg)
+    valid = task.eval_set("valid", cfg.eval_samples)
+    valid_rows = valid.rows
     torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0))))
     probes = [matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0)]
     print(f"[bench] fp32 torch.mm {args.matmul_n}^3 on {torch.get_num_threads()} threads: {probes[0]:.1f} GFLOP/s",
@@ -194,13 +191,12 @@ def main() -> None:
     probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
 
     # Labels of the recorded rows: look each prompt up among the encoded training rows.
-    train_rows = encode(preference_examples(data)["train"], data, get_domain(cfg.domain), tok, cfg.history_len,
-                        cfg.max_length)
+    train_rows = task.train_rows(cfg.train_samples)
     by_ids: dict[tuple[int, ...], Encoded] = {tuple(r.input_ids): r for r in train_rows}
     batches = [rows for rows, _ in recorded]
     labels = [[by_ids[tuple(r)].label for r in rows] for rows in batches]
 
-    naive = naive_train(cfg, batches, labels, valid_rows)
+    naive = naive_train(cfg, task, batches, labels, valid)
     probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
     a_seconds = sum(naive["seconds"])
 
@@ -222,7 +218,7 @@ def main() -> None:
 
     labels_valid = [r.label for r in valid_rows]
     n_pos = sum(labels_valid)
-    a_auc = auc(labels_valid, naive["probs"])
+    a_auc = naive["auc"]
     b_auc = result.history[-1]["valid_auc"]
     a_se, b_se = hanley_mcneil(a_auc, n_pos, len(labels_valid) - n_pos), hanley_mcneil(b_auc, n_pos, len(labels_valid) - n_pos)
     diff_se = math.hypot(a_se, b_se)
