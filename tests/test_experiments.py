@@ -10,8 +10,6 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "experiments"))
 import run as runner  # noqa: E402
 
-pytest.importorskip("matplotlib", reason="plots need the experiments extra: pip install -e '.[experiments]'")
-
 
 @pytest.mark.parametrize("name, plots", [
     ("ml100k_preference_shots", {"learning-curve", "roc"}),
