@@ -30,12 +30,15 @@ class Example:
     label: int  # 1 = liked / clicked
 
     def prompt(self, data: RecData, history_len: int) -> PreferencePrompt:
-        recent = self.history[-history_len:] if history_len else ()
-        return PreferencePrompt(
-            liked=[data.items[x.item_id] for x in recent if x.liked],
-            disliked=[data.items[x.item_id] for x in recent if not x.liked],
-            target=data.items[self.target.item_id],
-        )
+        liked, disliked = liked_disliked(data, self.history, history_len)
+        return PreferencePrompt(liked=liked, disliked=disliked, target=data.items[self.target.item_id])
+
+
+def liked_disliked(data: RecData, history: tuple[Interaction, ...], history_len: int) -> tuple[list, list]:
+    """The items of the `history_len` most recent events (0 = none), split into liked and disliked."""
+    recent = history[-history_len:] if history_len else ()
+    return ([data.items[x.item_id] for x in recent if x.liked],
+            [data.items[x.item_id] for x in recent if not x.liked])
 
 
 def split_user(events: list[Interaction], valid_per_user: int, test_per_user: int) -> list[str]:

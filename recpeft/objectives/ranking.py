@@ -17,7 +17,7 @@ from ..data.schema import Interaction, Item
 from ..prefix import SENTINEL, cached_answer_logits, split_prompt
 from ..prompts import PreferencePrompt, render, user_message
 from ..metrics import ranking_metrics
-from ..tasks import Example, RankingExample, cold_start, ranking_examples, train_item_counts
+from ..tasks import Example, RankingExample, cold_start, liked_disliked, ranking_examples, train_item_counts
 from . import EvalSet, Evaluation
 from .preference import PreferenceTask
 
@@ -86,10 +86,8 @@ class RankingTask(PreferenceTask):
         """P(Yes) for each of ex's candidates, in candidate order, over one shared prefix."""
         was_training = model.training
         model.eval()
-        n = self.cfg.history_len
-        recent = ex.history[-n:] if n else ()
-        prompt = PreferencePrompt([self.data.items[x.item_id] for x in recent if x.liked],
-                                  [self.data.items[x.item_id] for x in recent if not x.liked], Item(SENTINEL, SENTINEL))
+        liked, disliked = liked_disliked(self.data, ex.history, self.cfg.history_len)
+        prompt = PreferencePrompt(liked, disliked, Item(SENTINEL, SENTINEL))
         split = split_prompt(self.tok, render(self.tok, user_message(prompt, self.domain)))
         suffixes = [split.suffix_ids(self.tok, self.data.items[c].text()) for c in ex.candidates]
         logits = cached_answer_logits(model, split.prefix_ids, suffixes, self.answer_ids, self.tok.pad_token_id)
