@@ -3,6 +3,7 @@
     python experiments/run.py ml100k_preference_shots            # the full experiment (see the YAML)
     python experiments/run.py ml100k_interests --tiny            # the same pipeline at smoke-test size
     python experiments/run.py NAME --set max_steps=4 --set model=PATH --out DIR
+    python experiments/run.py NAME --resume      # keep the finished runs of an interrupted experiment
 
 Writes <out>/<NAME>.json (config, machine, per-run valid/test metrics with the untrained base's on the
 same examples, validation history, training losses, seconds), <out>/<NAME>-learning-curve.png and,
@@ -54,7 +55,8 @@ def data_args(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path | None = None,
-                   adapters: Path | None = None, data_path: str | None = None) -> dict[str, Any]:
+                   adapters: Path | None = None, data_path: str | None = None,
+                   resume: bool = False) -> dict[str, Any]:
     from recpeft.evaluate import evaluate
     from recpeft.trainer import train
 
@@ -74,9 +76,15 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         "data": {"path": data["data"], "format": data["format"]}, "train": base_cfg.to_dict(), "runs": [],
     }
     outputs: dict[str, dict[str, list]] = {}
+    done = finished_runs(out / f"{name}.json", results) if resume else {}
     for run in spec["runs"]:
         run = dict(run)
         run_name, zero_shot = run.pop("name"), run.pop("zero_shot", False)
+        if run_name in done and done[run_name].get("overrides", {}) == run:
+            results["runs"].append(done[run_name])
+            outputs[run_name] = done[run_name]["outputs"]
+            print(f"[experiments] {name}/{run_name}: kept from the previous results (--resume)", flush=True)
+            continue
         start = time.time()
         if zero_shot:
             cfg = base_cfg
@@ -101,6 +109,7 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         row["seconds"] = round(time.time() - start, 1)
         if "generated" in outputs[run_name]:  # interests: what the model actually wrote, for the reader
             row["generated_examples"] = outputs[run_name]["generated"][:5]
+        row["outputs"] = _plain(outputs[run_name])  # per-example scores: the ROC can be redrawn, runs resumed
         results["runs"].append(row)
         print(f"[experiments] {name}/{run_name}: test {row['test']} ({row['seconds']:.0f} s)", flush=True)
         # After every run, so a long experiment that is stopped keeps what it finished (complete: false)
@@ -110,6 +119,24 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
     write_json_atomic(out / f"{name}.json", results)
     print(f"[experiments] wrote {out / f'{name}.json'}")
     return results
+
+
+def finished_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier results file made with the same data and training settings, by name."""
+    if not path.is_file():
+        return {}
+    import json
+
+    old = json.loads(path.read_text())
+    if old.get("train") != results["train"] or old.get("data") != results["data"] or old.get("tiny") != results["tiny"]:
+        print(f"[experiments] {path.name}: settings changed since it was written; running everything", flush=True)
+        return {}
+    return {r["name"]: r for r in old.get("runs", []) if "outputs" in r}
+
+
+def _plain(outputs: dict[str, Any]) -> dict[str, list]:
+    """Per-example outputs as JSON lists (numpy arrays and scalars become Python numbers)."""
+    return {k: [v.item() if hasattr(v, "item") else v for v in vals] for k, vals in outputs.items()}
 
 
 def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -197,11 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="results folder")
     parser.add_argument("--adapters", type=Path, help="folder for the runs' adapters")
     parser.add_argument("--data", help="data path instead of the YAML's (e.g. /work/shared/data/ml-100k)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in the results JSON (same settings), run the rest")
     args = parser.parse_args(argv)
     from recpeft.errors import UserError
 
     try:
-        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters, args.data)
+        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters, args.data, args.resume)
     except UserError as exc:
         raise SystemExit(f"experiments: error: {exc}") from None
 

@@ -36,3 +36,25 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
         assert saved["runs"][0]["cold_test"] == {"n": 0}
     if name == "ml100k_interests":
         assert "generated_examples" in saved["runs"][0]
+
+
+def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path, capsys):
+    sets = [f"model={tiny_task_model}", "threads=1"]
+    out, adapters = tmp_path / "results", tmp_path / "adapters"
+    first = runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets, out=out, adapters=adapters)
+    path = out / "ml100k_preference_shots.json"
+    saved = json.loads(path.read_text())
+    assert all(len(r["outputs"]["scores"]) == r["test"]["n"] for r in saved["runs"])
+    saved["runs"] = saved["runs"][:1]  # as if stopped after the zero-shot run
+    path.write_text(json.dumps(saved))
+    again = runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets, out=out, adapters=adapters,
+                                  resume=True)
+    assert again["runs"][0] == saved["runs"][0]  # kept as it was, seconds included
+    assert again["runs"][1]["test"] == first["runs"][1]["test"]  # re-run (seeded: same numbers)
+    assert json.loads(path.read_text())["complete"] is True
+    # other settings: nothing is kept
+    capsys.readouterr()
+    runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets + ["lr=0.01"], out=out,
+                          adapters=adapters, resume=True)
+    printed = capsys.readouterr().out
+    assert "settings changed" in printed and "kept from the previous results" not in printed
