@@ -30,7 +30,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 def run(work: Path, values: dict, *extra: str, kill_at: str | None = None) -> int:
     args = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECPEFT_HOME": str(work / "home")}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keep the caller's too
+    env = {**os.environ, "PYTHONPATH": path, "RECPEFT_HOME": str(work / "home")}
     if kill_at:
         env["RECPEFT_KILL_AT"] = kill_at
     proc = subprocess.run([sys.executable, "-m", "recpeft", "train", *args, *extra], cwd=work, env=env,

@@ -164,10 +164,13 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     source = resolve(name_or_path)
     tok = load_tokenizer(source)
     # use_safetensors: weights are never unpickled; a folder or hub repo with only *.bin files is refused
-    kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if bits == 16 else torch.float32,
+    on_cuda = torch.cuda.is_available()
+    # Quantised on CUDA: what stays unquantised (embeddings, norms) and the activations are bf16. On CPU,
+    # fp32: bitsandbytes' CPU kernels and most CPUs are slow in bf16.
+    half = bits == 16 or (bits in (4, 8) and on_cuda)
+    kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if half else torch.float32,
                     "use_safetensors": True}
     if bits in (4, 8):
-        on_cuda = torch.cuda.is_available()
         compute = torch.bfloat16 if on_cuda else torch.float32
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else

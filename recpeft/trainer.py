@@ -89,13 +89,15 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
     with accelerator.main_process_first():  # the first run fetches/converts the model once, on rank 0
         model, tok, source = load_base(cfg.model, bits=bits, device=accelerator.local_process_index
                                        if torch.cuda.is_available() else None)
-    if bits in (4, 8):
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
+    # Not peft's prepare_model_for_kbit_training: it up-casts every bf16 weight of a quantised model
+    # (embeddings included) to fp32, which on the H200 made the 8-bit run's peak 1.4-2x the bf16 run's
+    # (experiments/results/gpu_check.json). bf16 stays bf16, as in a bf16 run.
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:  # the training peak, apart from the load's transient
+        torch.cuda.reset_peak_memory_stats()
     task = get_task(cfg.task, data, domain, tok, cfg)
     train_rows = task.train_rows(cfg.train_samples)
     valid_rows = task.eval_set("valid", cfg.eval_samples)
@@ -294,6 +296,10 @@ def _train(cfg: TrainConfig, save: bool, show_progress: bool, dry_run: bool, ctr
         "seconds": round(time.time() - start, 1), "early_stopped": stop, "bits": bits,
         "seconds_per_micro_batch": round(sum(step_seconds) / max(1, len(step_seconds)), 4),
     }
+    if on_gpu:
+        frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+        metrics["gpu_mib"] = {"frozen_weights": round(frozen / 2**20, 1),
+                              "peak": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
     # One number per process: the sum of its trainable weights. Equal on every rank = DDP kept them in sync.
     local = torch.tensor([sum(p.detach().double().sum().item() for p in trainable)], dtype=torch.float64,
                          device=accelerator.device)

@@ -107,3 +107,19 @@ def test_adalora_rank_pattern_without_adapter_name_also_applies(tiny_model):
                 p.fill_(1.0)
     adalora.apply_rank_pattern(model)
     assert all(v == 1 for v in adalora.ranks(model).values())
+
+
+def test_adalora_on_a_bf16_8bit_base_keeps_activations_bf16(tiny_model):
+    """On CUDA, 8-bit bases keep bf16 for what is not quantised. peft's 8-bit AdaLoRA layer divides by an
+    fp32 `ranknum`, which turned q/v into fp32 and broke attention (seen on an H200; same on CPU)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from recpeft.methods.adalora import attach
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                                dtype=torch.bfloat16, device_map={"": "cpu"},
+                                                attn_implementation="sdpa")
+    cfg = TrainConfig(domain="news", method="adalora", init_r=4, target_r=2)
+    model = attach(base, cfg, ["q_proj", "v_proj"], total_steps=10)
+    logits = model(input_ids=torch.tensor([[3, 4, 5]])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()

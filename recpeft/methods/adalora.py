@@ -10,7 +10,8 @@ import torch
 from peft import AdaLoraConfig
 
 from ..config import TrainConfig
-from .lora import disabled, load, save, wrap  # noqa: F401  (same peft save/load contract)
+from . import lora
+from .lora import disabled, save, wrap  # noqa: F401  (same peft save/load contract)
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
@@ -28,7 +29,26 @@ def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int):
                            deltaT=cfg.delta_t, orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps,
                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                            task_type="CAUSAL_LM")
-    return wrap(model, config)
+    return match_ranknum_dtype(wrap(model, config))
+
+
+def load(base, folder):
+    return match_ranknum_dtype(lora.load(base, folder))
+
+
+def match_ranknum_dtype(model):
+    """Give each layer's fp32 `ranknum` the base's compute dtype.
+
+    peft's 8-bit AdaLoRA layer casts its update back to the input dtype, then divides by `ranknum`;
+    an fp32 ranknum turns a bf16 activation into fp32 there, and attention then fails on mixed q/k/v
+    dtypes (seen on the H200 with a bf16 8-bit base). ranknum holds a small integer: exact in bf16.
+    """
+    dtype = model.get_input_embeddings().weight.dtype
+    if dtype != torch.float32:
+        for name, p in model.named_parameters():
+            if "ranknum" in name:
+                p.data = p.data.to(dtype)
+    return model
 
 
 def extra_loss(model) -> torch.Tensor:
