@@ -115,10 +115,34 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         # After every run, so a long experiment that is stopped keeps what it finished (complete: false)
         results["complete"] = len(results["runs"]) == len(spec["runs"])
         write_json_atomic(out / f"{name}.json", results)
+    if spec.get("baselines"):
+        results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
+        write_json_atomic(out / f"{name}.json", results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
     write_json_atomic(out / f"{name}.json", results)
     print(f"[experiments] wrote {out / f'{name}.json'}")
     return results
+
+
+def baselines_on_same_examples(spec: dict[str, Any], cfg, data: dict[str, Any]) -> dict[str, Any]:
+    """The YAML's classical baselines on the very test examples (and cold-start users) the LLM runs
+    scored: same split, same seeded subset, same candidates; fitted on each run's few-shot sample
+    (`train_samples` in the baselines section) or on the whole train period."""
+    from recpeft.baselines import run_baselines
+    from recpeft.data.csvdir import load_data
+
+    conf = spec["baselines"]
+    recdata = load_data(cfg.domain, data["data"], data["format"], cfg.on_bad_rows)
+    out = {}
+    for shots in conf.get("train_samples", [0]):
+        start = time.time()
+        res = run_baselines(recdata, cfg.task, conf.get("models"), negatives=cfg.negatives, seed=cfg.seed,
+                            train_samples=shots, history_len=cfg.history_len, test_limit=cfg.test_samples,
+                            cold_limit=spec.get("cold_samples", 0), params=conf.get("params"))
+        out[str(shots)] = {m: {k: v for k, v in r.items() if k != "valid"} for m, r in res.items()}
+        print(f"[experiments] baselines, train_samples={shots or 'all'}: "
+              + ", ".join(f"{m} {r['test']}" for m, r in res.items()) + f" ({time.time() - start:.0f} s)", flush=True)
+    return out
 
 
 def finished_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -94,19 +94,23 @@ class Spy(Baseline):
     def fit(self, ctx):
         Spy.seen.append(ctx)
 
+    scored: list[list] = []
+
     def score_preference(self, examples):
+        Spy.scored.append(list(examples))
         return [0.5] * len(examples)
 
     score_rating = score_preference
 
     def score_ranking(self, examples):
+        Spy.scored.append(list(examples))
         return [[0.0] * len(e.candidates) for e in examples]
 
 
 @pytest.fixture
 def spy(monkeypatch):
     monkeypatch.setitem(REGISTRY, "spy", Spy)
-    Spy.seen = []
+    Spy.seen, Spy.scored = [], []
     return Spy
 
 
@@ -223,3 +227,14 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not do ranking" in proc.stderr
     assert not out.exists()
+
+
+def test_limits_score_the_llm_evaluations_subsets(video, spy):
+    """test_limit / cold_limit: the seeded subsets `Task.eval_set(split, N)` / `cold_eval_set` score."""
+    res = run_baselines(video, "ranking", ["spy"], seed=42, test_limit=8, cold_limit=3, cold_max_train=30)
+    valid, test, cold = spy.scored
+    splits = ranking_examples(video, negatives=19, seed=42)
+    assert test == subsample(splits["test"], 8, 42) and res["spy"]["test"]["n"] == 8
+    flags = cold_start(splits["test"], train_item_counts(video), 30)
+    assert len(cold) == 3 and cold == subsample([e for e, c in zip(splits["test"], flags) if c], 3, 42)
+    assert len(valid) == len(splits["valid"])  # validation is not cut

@@ -32,6 +32,13 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
     assert {p.split(f"{name}-")[1][:-4] for p in saved["plots"]} == plots
     for p in saved["plots"]:
         assert (tmp_path / "results" / p).stat().st_size > 1000
+    spec = runner.load_spec(name, True, [])
+    if "baselines" in spec:  # fitted and scored on the very examples the LLM runs scored
+        shots = [str(n) for n in spec["baselines"].get("train_samples", [0])]
+        assert list(saved["baselines"]) == shots
+        for fits in saved["baselines"].values():
+            assert set(fits) == set(spec["baselines"]["models"])
+            assert all(f["test"]["n"] == saved["runs"][-1]["test"]["n"] for f in fits.values())
     if name == "scientific_ranking":  # the samples have no cold items (test_objectives covers the slice)
         assert saved["runs"][0]["cold_test"] == {"n": 0}
     if name == "ml100k_interests":

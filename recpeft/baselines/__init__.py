@@ -65,7 +65,7 @@ def _metrics(model: Baseline, task: str, examples: list) -> dict | None:
 
 def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, negatives: int = 19,
                   seed: int = 0, train_samples: int = 0, history_len: int = 10, cold_max_train: int = 2,
-                  params: dict[str, dict] | None = None,
+                  params: dict[str, dict] | None = None, test_limit: int = 0, cold_limit: int = 0,
                   log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).
 
@@ -75,6 +75,8 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
     their targets and visible histories, and nothing else of the train period. The cold-start slice
     holds the test targets whose item has at most `cold_max_train` train-period interactions.
     `params` overrides a baseline's constructor arguments, e.g. {"gru4rec": {"epochs": 5}}.
+    `test_limit` / `cold_limit` N > 0 score only the seeded N-example subsets of the test split / the
+    cold-start slice that an LLM evaluation with `limit=N` and the same seed scores.
 
     Returns {name: {"valid", "test", "test_cold_start": metrics or None, "fit_seconds",
     "score_seconds"[, "note"]}}.
@@ -101,14 +103,15 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
         interactions = _visible(train, history_len)
     else:
         train, interactions = splits["train"], period
-    cold = cold_slice(splits["test"], period, cold_max_train)
+    cold = subsample(cold_slice(splits["test"], period, cold_max_train), cold_limit, seed)
+    test = subsample(splits["test"], test_limit, seed)
     results: dict[str, dict] = {}
     for name in names:
         model = REGISTRY[name](**(params or {}).get(name, {}))
         start = time.perf_counter()
         model.fit(FitContext(data, task, interactions, train, history_len=history_len, seed=seed))
         fitted = time.perf_counter()
-        out = {"valid": _metrics(model, task, splits["valid"]), "test": _metrics(model, task, splits["test"]),
+        out = {"valid": _metrics(model, task, splits["valid"]), "test": _metrics(model, task, test),
                "test_cold_start": _metrics(model, task, cold)}
         out.update(fit_seconds=round(fitted - start, 3), score_seconds=round(time.perf_counter() - fitted, 3))
         if model.note:
