@@ -123,3 +123,15 @@ def test_adalora_on_a_bf16_8bit_base_keeps_activations_bf16(tiny_model):
     model = attach(base, cfg, ["q_proj", "v_proj"], total_steps=10)
     logits = model(input_ids=torch.tensor([[3, 4, 5]])).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_adalora_schedule_adapts_defaults_and_refuses_user_values_that_leave_no_pruning():
+    from recpeft.errors import UserError
+    from recpeft.methods.adalora import schedule
+
+    assert schedule(TrainConfig(domain="news", method="adalora"), 100) == (10, 20)
+    assert schedule(TrainConfig(domain="news", method="adalora"), 4) == (1, 1)
+    assert schedule(TrainConfig(domain="news", method="adalora"), 2) == (0, 0)  # defaults shrink to fit
+    assert schedule(TrainConfig(domain="news", method="adalora", tinit=5, tfinal=5), 100) == (5, 5)
+    with pytest.raises(UserError, match="tinit 30 \\+ tfinal 7 leave no step .* 35-step run"):
+        schedule(TrainConfig(domain="news", method="adalora", tinit=30), 35)

@@ -10,15 +10,24 @@ import torch
 from peft import AdaLoraConfig
 
 from ..config import TrainConfig
+from ..errors import UserError
 from . import lora
 from .lora import disabled, save, wrap  # noqa: F401  (same peft save/load contract)
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
-    """(tinit, tfinal): the configured values, or 10% / 20% of the run, leaving room to prune."""
+    """(tinit, tfinal): the configured values, or 10% / 20% of the run, leaving room to prune.
+
+    Defaults that leave no pruning steps in a short run shrink; values the user set are never
+    changed behind their back: if they leave no room, that is a UserError.
+    """
     tinit = cfg.tinit or max(1, total_steps // 10)
     tfinal = cfg.tfinal or max(1, total_steps // 5)
     if tinit + tfinal >= total_steps:
+        if cfg.tinit or cfg.tfinal:
+            raise UserError(f"AdaLoRA: tinit {tinit} + tfinal {tfinal} leave no step for rank pruning in a "
+                            f"{total_steps}-step run; lower --tinit/--tfinal (0 = 10% / 20% of the run) "
+                            "or train longer")
         tinit, tfinal = 0, max(0, total_steps // 4)
     return tinit, tfinal
 
