@@ -31,3 +31,17 @@ def test_two_process_ddp_keeps_ranks_identical_and_saves_rank0(tiny_model, tmp_p
     by_suffix = {k.replace(".default", ""): v for k, v in rank0.items()}
     assert all(torch.equal(t, by_suffix[k]) for k, t in saved.items())  # the file is exactly rank 0's weights
     assert out.stdout.count("adapter written to") == 1  # only the main process writes and reports
+
+
+def test_a_user_error_the_workers_would_hit_is_one_line_from_the_parent(tiny_model, tmp_path):
+    """Found only once the model is loaded (unknown target module): the launcher's single-process dry
+    run reports it as one line, exit 2, before any worker starts; nothing is written."""
+    env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [sys.executable, "-m", "recpeft", "train", "--model", str(tiny_model), "--num-processes", "2",
+         "--output-dir", "ddp", "--target-modules", "nonexistent_proj", "--threads", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("recpeft: error: ") and "nonexistent_proj" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "ddp").exists() and not (tmp_path / "runs").exists()
