@@ -141,3 +141,16 @@ def test_readme_python_example_runs(tiny_adapters, tmp_path, monkeypatch, capsys
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 6 and out[0].startswith("[") and "Item(" in out[1]
+
+
+def test_length_groups_bound_padding_and_batch_size():
+    from recpeft.prefix import length_groups
+
+    lengths = [13, 20, 14, 16, 15, 13, 18, 19, 17, 14, 30, 16] * 9
+    groups = length_groups(lengths, batch_size=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row once
+    assert all(len(g) <= 8 for g in groups)
+    assert all(max(lengths[i] for i in g) <= 1.1 * min(lengths[i] for i in g) for g in groups)
+    computed = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert computed <= 1.1 * sum(lengths)
+    assert length_groups([5] * 10, batch_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
