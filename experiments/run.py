@@ -81,6 +81,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         run = dict(run)
         run_name, zero_shot = run.pop("name"), run.pop("zero_shot", False)
         if run_name in done and done[run_name].get("overrides", {}) == run:
+            if base_cfg.task == "interests" and not zero_shot and "test_history_reference" not in done[run_name]:
+                done[run_name]["test_history_reference"] = history_reference(base_cfg)  # added since
             results["runs"].append(done[run_name])
             outputs[run_name] = done[run_name]["outputs"]
             print(f"[experiments] {name}/{run_name}: kept from the previous results (--resume)", flush=True)
@@ -106,6 +108,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
             outputs[run_name] = result.test_outputs
             if spec.get("cold_samples") and cfg.task == "ranking":
                 row["cold_test"], row["cold_test_base"] = cold_slice(cfg, result, spec["cold_samples"])
+            if cfg.task == "interests":
+                row["test_history_reference"] = history_reference(cfg, result.tokenizer)
         row["seconds"] = round(time.time() - start, 1)
         if "generated" in outputs[run_name]:  # interests: what the model actually wrote, for the reader
             row["generated_examples"] = outputs[run_name]["generated"][:5]
@@ -179,6 +183,19 @@ def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]
     with get_method(cfg.method).disabled(result.model):
         base = task.evaluate(result.model, cold, batch_size=cfg.batch_size * 2).metrics
     return tuned, base
+
+
+def history_reference(cfg, tokenizer=None) -> dict[str, Any]:
+    """Interests: the history's own top categories (no model) on the same test users."""
+    from recpeft.data.csvdir import load_data
+    from recpeft.domains import get_domain
+    from recpeft.models import load_tokenizer, resolve
+    from recpeft.objectives import get_task
+
+    data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
+    tokenizer = tokenizer or load_tokenizer(resolve(cfg.model))
+    task = get_task("interests", data, get_domain(cfg.domain), tokenizer, cfg)
+    return task.history_reference(task.eval_set("test", cfg.test_samples))
 
 
 def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str, Any]:

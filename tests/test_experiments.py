@@ -43,6 +43,8 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
         assert saved["runs"][0]["cold_test"] == {"n": 0}
     if name == "ml100k_interests":
         assert "generated_examples" in saved["runs"][0]
+        ref = saved["runs"][0]["test_history_reference"]
+        assert ref["n"] == saved["runs"][0]["test"]["n"] and 0 <= ref["f1"] <= 1
 
 
 def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path, capsys):

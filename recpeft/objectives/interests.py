@@ -97,6 +97,14 @@ class InterestsTask(Task):
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return answer_loss(model, batch)
 
+    def history_reference(self, evalset: EvalSet) -> dict[str, float]:
+        """No model: name the N_INTERESTS most frequent liked categories of the history the prompt
+        shows, scored like a generation. What the history alone gives, to read a model's F1 against."""
+        window = self.cfg.history_len
+        predicted = [set(top_categories(self.data, ex.history[-window:] if window else (), N_INTERESTS))
+                     for ex in evalset.examples]
+        return {**set_metrics(predicted, evalset.extra["truth"]), "n": len(predicted)}
+
     def evaluate(self, model, evalset: EvalSet, batch_size: int = 16, device=None, progress=None) -> Evaluation:
         texts = generate(model, self.tok, evalset.rows, batch_size, device=device, progress=progress)
         predicted = [set(parse_interests(t, self.known)) for t in texts]
