@@ -81,8 +81,6 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         run = dict(run)
         run_name, zero_shot = run.pop("name"), run.pop("zero_shot", False)
         if run_name in done and done[run_name].get("overrides", {}) == run:
-            if base_cfg.task == "interests" and not zero_shot and "test_history_reference" not in done[run_name]:
-                done[run_name]["test_history_reference"] = history_reference(base_cfg)  # added since
             results["runs"].append(done[run_name])
             outputs[run_name] = done[run_name]["outputs"]
             print(f"[experiments] {name}/{run_name}: kept from the previous results (--resume)", flush=True)
@@ -167,15 +165,21 @@ def _plain(outputs: dict[str, Any]) -> dict[str, list]:
     return {k: [v.item() if hasattr(v, "item") else v for v in vals] for k, vals in outputs.items()}
 
 
-def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ranking metrics of the trained adapter and of its base on `limit` cold-start test users only."""
+def task_for(cfg, tokenizer):
+    """The run's task object on its data (what the trainer built), for extra evaluations after training."""
     from recpeft.data.csvdir import load_data
     from recpeft.domains import get_domain
-    from recpeft.methods import get_method
     from recpeft.objectives import get_task
 
     data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
-    task = get_task("ranking", data, get_domain(cfg.domain), result.tokenizer, cfg)
+    return get_task(cfg.task, data, get_domain(cfg.domain), tokenizer, cfg)
+
+
+def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ranking metrics of the trained adapter and of its base on `limit` cold-start test users only."""
+    from recpeft.methods import get_method
+
+    task = task_for(cfg, result.tokenizer)
     cold = task.cold_eval_set("test", limit)
     if not len(cold):  # e.g. the embedded samples: every item there has many interactions
         return {"n": 0}, {"n": 0}
@@ -185,16 +189,9 @@ def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]
     return tuned, base
 
 
-def history_reference(cfg, tokenizer=None) -> dict[str, Any]:
+def history_reference(cfg, tokenizer) -> dict[str, Any]:
     """Interests: the history's own top categories (no model) on the same test users."""
-    from recpeft.data.csvdir import load_data
-    from recpeft.domains import get_domain
-    from recpeft.models import load_tokenizer, resolve
-    from recpeft.objectives import get_task
-
-    data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
-    tokenizer = tokenizer or load_tokenizer(resolve(cfg.model))
-    task = get_task("interests", data, get_domain(cfg.domain), tokenizer, cfg)
+    task = task_for(cfg, tokenizer)
     return task.history_reference(task.eval_set("test", cfg.test_samples))
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from .config import DOMAINS, METHODS, TASKS, TrainConfig, build_config
-from .errors import Interrupted, UserError
+from .errors import ERROR_PREFIX, Interrupted, UserError
 from .cli_use import _opt, baselines, eval_cmd, merge, recommend, serve, verify
 
 app = typer.Typer(
@@ -211,7 +211,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
-        print(f"recpeft: error: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as exc:  # Ctrl-C in training: a checkpoint was saved; 130 = 128 + SIGINT, as shells report
         print(f"recpeft: {exc}; resume with: {resume_command()}", file=sys.stderr)
@@ -224,7 +224,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"recpeft: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{' '.join(message.split())} (see --help)", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+ERROR_PREFIX = "recpeft: error: "  # how the CLI starts a user error's one line (launch.py reads it back)
+
 
 class UserError(Exception):
     """A problem with the user's input (flag, file, config, data), not a bug in recpeft.

@@ -53,16 +53,15 @@ def dry_run_first(config_path: str) -> None:
     """One single-process `--dry-run` of the run (model, task, method attached, nothing written): a user
     error found there (a task the data cannot do, unknown target modules, an AdaLoRA schedule with no
     room...) ends as ONE line and exit 2 here, instead of N workers' tracebacks under the launcher."""
-    from .errors import UserError
+    from .errors import ERROR_PREFIX, UserError
 
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     proc = subprocess.run([sys.executable, "-m", "recpeft", "train", "--config", config_path, "--dry-run"],
                           env=env, capture_output=True, text=True)
     if proc.returncode == 0:
         return
-    prefix = "recpeft: error: "
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(prefix)]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(ERROR_PREFIX)]
     if proc.returncode == 2 and lines:
-        raise UserError(lines[-1][len(prefix):])
+        raise UserError(lines[-1][len(ERROR_PREFIX):])
     sys.stderr.write(proc.stderr)
     raise SystemExit(proc.returncode)
