@@ -76,6 +76,10 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         "data": {"path": data["data"], "format": data["format"]}, "train": base_cfg.to_dict(), "runs": [],
     }
     outputs: dict[str, dict[str, list]] = {}
+    if spec.get("baselines"):  # a bad baselines section fails now, not after an hour of LLM runs
+        from recpeft.baselines import check_names
+
+        check_names(base_cfg.task, spec["baselines"].get("models"))
     done = finished_runs(out / f"{name}.json", results) if resume else {}
     for run in spec["runs"]:
         run = dict(run)
@@ -269,8 +273,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters, args.data, args.resume)
-    except UserError as exc:
-        raise SystemExit(f"experiments: error: {exc}") from None
+    except UserError as exc:  # one line and exit 2, like the CLI
+        print(f"experiments: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -67,3 +67,16 @@ def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path,
                           adapters=adapters, resume=True)
     printed = capsys.readouterr().out
     assert "settings changed" in printed and "kept from the previous results" not in printed
+
+
+def test_a_bad_baselines_section_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    spec = runner.load_spec("ml100k_preference_shots", True, [])
+    spec["baselines"] = {"models": ["bpr"]}  # bpr ranks only
+    monkeypatch.setattr(runner, "load_spec", lambda *a: spec)
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["ml100k_preference_shots", "--tiny", "--out", str(tmp_path / "r"),
+                     "--adapters", str(tmp_path / "a")])
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["experiments: error: baseline 'bpr' does not do preference; it does ranking"]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "a").exists()

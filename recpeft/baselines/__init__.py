@@ -34,6 +34,19 @@ def names_for(task: str) -> list[str]:
     return [name for name, cls in REGISTRY.items() if task in cls.tasks]
 
 
+def check_names(task: str, models: list[str] | None) -> list[str]:
+    """The baselines to run for a task (default: all that support it); unknown names or tasks are UserErrors."""
+    if task not in TASKS:
+        raise UserError(f"unknown task '{task}'; baselines support {', '.join(TASKS)}")
+    names = list(models) if models else names_for(task)
+    for name in names:
+        if name not in REGISTRY:
+            raise UserError(f"unknown baseline '{name}'; known: {', '.join(REGISTRY)}")
+        if task not in REGISTRY[name].tasks:
+            raise UserError(f"baseline '{name}' does not do {task}; it does {', '.join(REGISTRY[name].tasks)}")
+    return names
+
+
 def _examples(data: RecData, task: str, negatives: int, seed: int) -> dict[str, list]:
     if task == "ranking":
         return ranking_examples(data, negatives=negatives, seed=seed)
@@ -81,14 +94,7 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
     Returns {name: {"valid", "test", "test_cold_start": metrics or None, "fit_seconds",
     "score_seconds"[, "note"]}}.
     """
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}'; baselines support {', '.join(TASKS)}")
-    names = list(models) if models else names_for(task)
-    for name in names:
-        if name not in REGISTRY:
-            raise UserError(f"unknown baseline '{name}'; known: {', '.join(REGISTRY)}")
-        if task not in REGISTRY[name].tasks:
-            raise UserError(f"baseline '{name}' does not do {task}; it does {', '.join(REGISTRY[name].tasks)}")
+    names = check_names(task, models)
     if train_samples and task == "ranking":
         raise UserError("--train-samples (few-shot) applies to the preference and rating tasks")
     if train_samples < 0 or history_len < 0 or negatives < 1:
