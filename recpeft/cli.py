@@ -55,7 +55,7 @@ def train(
     seed: Optional[int] = _opt(_D.seed, "Random seed (data order, subsets, initialisation).", "--seed"),
     lora_r: Optional[int] = _opt(_D.lora_r, "LoRA rank.", "--lora-r"),
     lora_alpha: Optional[int] = _opt(_D.lora_alpha, "LoRA alpha (scale = alpha / r).", "--lora-alpha"),
-    lora_dropout: Optional[float] = _opt(_D.lora_dropout, "LoRA dropout.", "--lora-dropout"),
+    lora_dropout: Optional[float] = _opt(_D.lora_dropout, "Dropout on the adapter's input (LoRA, AdaLoRA) or bottleneck (adapter); 0 = none.", "--lora-dropout"),
     target_modules: Optional[str] = _opt("q_proj,v_proj (per architecture)", "Comma-separated module names to adapt.",
                                          "--target-modules"),
     history_len: Optional[int] = _opt(_D.history_len, "Most recent history items in a prompt.", "--history-len"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .batches import Encoded, LengthBucketSampler, collate
-from .scoring import answer_logits
+from .scoring import answer_logits, answer_rows
 
 SENTINEL = "\u27e6RECPEFT-TARGET\u27e7"
 
@@ -54,7 +54,8 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
     device = next(model.parameters()).device
     prefix = torch.tensor([prefix_ids], device=device)
     cache = DynamicCache(config=model.config)
-    model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
+    with answer_rows(model, answer_ids) as narrowed:
+        model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     n_prefix = len(prefix_ids)
     out = torch.empty(len(suffixes), len(answer_ids))
@@ -71,9 +72,11 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
         # A fresh cache per batch: forward appends the suffix keys to it. expand() shares the prefix memory.
         batch_cache = DynamicCache([(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
                                     for k, v in kv], config=model.config)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       cache=batch_cache, use_cache=True, logits_to_keep=1).logits
-        out[idx] = logits[:, -1, answer_ids].float().cpu()
+        with answer_rows(model, answer_ids):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device), cache=batch_cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+        out[idx] = (logits if narrowed else logits[:, answer_ids]).float().cpu()
     return out
 
 

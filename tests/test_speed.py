@@ -17,7 +17,7 @@ from recpeft.data.csvdir import load_data
 from recpeft.domains import get_domain
 from recpeft.models import load_base
 from recpeft.prompts import answer_token_ids
-from recpeft.scoring import score
+from recpeft.scoring import AnswerRowsHead, answer_logits, answer_rows, score
 from recpeft.tasks import preference_examples
 from recpeft.trainer import train
 
@@ -91,6 +91,72 @@ def test_train_step_and_scoring_compute_logits_at_one_position(tiny_model, skewe
     finally:
         handle.remove()
     assert widths and set(widths) == {1}
+
+
+def _batch(tok, texts):
+    from recpeft.batches import Encoded, collate
+
+    return collate([Encoded(tok(t, add_special_tokens=False)["input_ids"], 0) for t in texts], tok.pad_token_id)
+
+
+def test_lm_head_computes_only_the_answer_rows_with_the_same_logits_and_gradients(tiny_model):
+    from recpeft.methods import get_method
+
+    model, tok, _ = load_base(str(tiny_model))
+    model = get_method("lora").attach(model, TrainConfig(domain="news", lora_dropout=0.0), ["q_proj", "v_proj"], 1)
+    with torch.no_grad():  # a non-zero adapter, so its gradients flow through the head's rows
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    batch = _batch(tok, ["the user liked a film", "yes no"])
+    answers = answer_token_ids(tok)
+    head = model.get_output_embeddings()
+    widths = []
+    handle = head.register_forward_hook(lambda m, a, out: widths.append(out.shape[-1]))
+    try:
+        narrow = answer_logits(model, batch, answers)
+    finally:
+        handle.remove()
+    assert isinstance(head, AnswerRowsHead) and widths == [len(answers)]
+    narrow.sum().backward()
+    grads_narrow = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    full = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1).logits[:, -1, answers]
+    assert full.shape == narrow.shape and torch.allclose(full, narrow, atol=1e-5)
+    full.sum().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, grads_narrow[n], atol=1e-6), n
+
+
+def test_the_narrowed_head_is_the_same_module_outside_answer_rows(tiny_model):
+    model, tok, _ = load_base(str(tiny_model))
+    keys = set(model.state_dict())
+    with answer_rows(model, [5, 7]) as narrowed:
+        assert narrowed
+    head = model.get_output_embeddings()
+    assert isinstance(head, AnswerRowsHead) and set(model.state_dict()) == keys
+    assert (head.weight is model.get_input_embeddings().weight) == model.config.tie_word_embeddings
+    ids = torch.tensor([[3, 4, 5]])
+    assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size  # full head outside the context
+
+
+def test_a_head_that_cannot_be_narrowed_keeps_full_logits(tiny_model):
+    model, tok, _ = load_base(str(tiny_model))
+
+    class Custom(torch.nn.Module):  # e.g. a quantised head: left alone
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    reference = answer_logits(model, _batch(tok, ["a b c"]), [5, 7])
+    model.set_output_embeddings(Custom(model.get_output_embeddings()))
+    with answer_rows(model, [5, 7]) as narrowed:
+        assert not narrowed
+    assert torch.allclose(answer_logits(model, _batch(tok, ["a b c"]), [5, 7]), reference, atol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [32, 8])

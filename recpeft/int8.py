@@ -1,0 +1,69 @@
+"""CPU training on an 8-bit base without keeping every layer's input alive.
+
+On the CPU, bitsandbytes trains through `MatMul8bitFp`: dequantise the int8 weight, `F.linear`. Its
+forward also stores the layer's input for a weight gradient. A frozen base never asks for one, yet
+every quantised linear of every layer keeps its input until the backward pass: on SmolLM2-135M that
+made an 8-bit run's peak memory *higher* than the fp32 run's (experiments/results/memory.json).
+
+`FrozenInt8Linear` computes the same forward and the same input gradient from the int8 weight and its
+scales, and saves nothing else. Swapped in by class, so peft still sees a `Linear8bitLt`, and only on
+the path bitsandbytes would send to `MatMul8bitFp` (CPU, training mode, frozen weight); everything
+else (CUDA, inference) is bitsandbytes' own.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def _dequantise(cb: torch.Tensor, scb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # The arithmetic of bitsandbytes' own dequantisation, so outputs match it bit for bit.
+    return cb.to(dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
+
+
+class _FrozenInt8Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cb, scb, bias):
+        ctx.save_for_backward(cb, scb)  # the layer's own int8 weight and scales: no new memory
+        ctx.x_shape = x.shape
+        return F.linear(x, _dequantise(cb, scb, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        cb, scb = ctx.saved_tensors
+        return grad.matmul(_dequantise(cb, scb, grad.dtype)).view(ctx.x_shape), None, None, None
+
+
+@functools.cache
+def frozen_int8_linear_class():
+    import bitsandbytes as bnb
+
+    class FrozenInt8Linear(bnb.nn.Linear8bitLt):
+        """A frozen Linear8bitLt whose CPU training forward saves no activations (see the module doc)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not (self.training and x.device.type == "cpu") or self.weight.requires_grad:
+                return super().forward(x)
+            if self.weight.CB is not None:  # first call: bitsandbytes moves the int8 weight into .state
+                self.init_8bit_state()
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return _FrozenInt8Matmul.apply(x, self.state.CB, self.state.SCB, bias)
+
+    return FrozenInt8Linear
+
+
+def lean_cpu_training(model) -> int:
+    """Swap every bitsandbytes Linear8bitLt of `model` for FrozenInt8Linear. Returns how many."""
+    import bitsandbytes as bnb
+
+    cls, n = frozen_int8_linear_class(), 0
+    for module in model.modules():
+        if type(module) is bnb.nn.Linear8bitLt:
+            module.__class__ = cls
+            n += 1
+    return n
