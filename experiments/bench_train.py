@@ -20,6 +20,9 @@ is the fp32 GFLOP/s of a large square torch.mm in the same process and thread co
 before (b), between the runs and after (a); (b) is compared with the mean of the two probes around it,
 because the machine may be shared.
 
+Where (b)'s step time goes: two of its batches are replayed (forward + backward) under torch.profiler,
+and the self CPU time is split into the base's matmuls, the adapter's, attention and the rest.
+
 Quality at equal steps: validation AUC of both adapters on the same validation examples, scored by
 the same scorer (recpeft.scoring.score), with Hanley-McNeil 95% intervals. Writes
 experiments/results/bench_train.json (bench_train_quick.json with --quick).
@@ -97,6 +100,34 @@ def load_normalised(out: dict) -> dict:
 
 def flops_per_example(n_block: int, n_trainable: int, vocab: int, hidden: int, tokens: int) -> int:
     return (4 * n_block + 6 * n_trainable) * tokens + 4 * vocab * hidden
+
+
+def step_profile(model, task, batches, labels, pad_id: int, rank: int) -> dict[str, float]:
+    """Where a training step's time goes: self CPU time of forward + backward over the given batches
+    (torch.profiler), as shares of the step. A matmul with a dimension equal to the adapter rank is the
+    adapter's; other matmuls are the frozen base's; attention is SDPA's kernels; the rest (norms,
+    rotary embeddings, SiLU, residual adds, copies, autograd bookkeeping) is "element-wise & other"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from recpeft.batches import Encoded, collate
+
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for rows, ys in zip(batches, labels):
+            batch = collate([Encoded(r, y) for r, y in zip(rows, ys)], pad_id)
+            task.loss(model, batch).backward()
+            model.zero_grad(set_to_none=True)
+    shares = {"base matmuls": 0.0, "adapter matmuls": 0.0, "attention (SDPA)": 0.0, "element-wise & other": 0.0}
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            dims = {d for shape in event.input_shapes for d in shape}
+            shares["adapter matmuls" if rank in dims else "base matmuls"] += event.self_cpu_time_total
+        elif "scaled_dot_product" in event.key:
+            shares["attention (SDPA)"] += event.self_cpu_time_total
+        else:
+            shares["element-wise & other"] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {k: round(v / total, 3) for k, v in shares.items()}
 
 
 def naive_train(cfg, task, batches, labels, valid) -> dict:
@@ -195,6 +226,9 @@ def main() -> None:
     by_ids: dict[tuple[int, ...], Encoded] = {tuple(r.input_ids): r for r in train_rows}
     batches = [rows for rows, _ in recorded]
     labels = [[by_ids[tuple(r)].label for r in rows] for rows in batches]
+    profiled = min(2, len(batches))  # two of (b)'s own batches again, under the profiler
+    profile_shares = step_profile(result.model, task, batches[:profiled], labels[:profiled], tok.pad_token_id,
+                                  cfg.lora_r)
 
     naive = naive_train(cfg, task, batches, labels, valid)
     probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
@@ -242,6 +276,7 @@ def main() -> None:
                     "useful_gflops": round(b_gflops, 1), "share_of_matmul": round(b_gflops / reference, 3),
                     "valid_auc": round(b_auc, 4), "valid_auc_se": round(b_se, 4),
                     "valid_auc_base": round(result.metrics["valid_auc_base"], 4)},
+        "recpeft_step_time_shares": profile_shares, "recpeft_step_time_shares_batches": profiled,
         "speedup": round(a_seconds / b_seconds, 2),
         "speedup_load_normalised": None,
         "valid_n": len(valid_rows), "valid_positives": n_pos,
@@ -266,6 +301,8 @@ def main() -> None:
     print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.0%} of the "
           f"matmul GFLOP/s; AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
           f"{len(valid_rows)} validation examples)")
+    print(f"[bench] where (b)'s forward + backward time goes (torch.profiler, {profiled} of its batches replayed): "
+          + ", ".join(f"{k} {v:.0%}" for k, v in profile_shares.items()))
     print(f"[bench] load-normalised (each run against the matmul probes around it): (a) "
           f"{out['naive']['share_of_matmul']:.0%} and (b) {out['recpeft']['share_of_matmul']:.0%} of the matmul rate; "
           f"speed-up {out['speedup_load_normalised']:.2f}x")

@@ -14,14 +14,28 @@ else (CUDA, inference) is bitsandbytes' own.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
 
 
+_scratch = threading.local()
+
+
 def _dequantise(cb: torch.Tensor, scb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The full-precision weight, in a buffer reused by every layer of the same shape (per thread).
+
+    A fresh multi-MiB tensor per layer and pass, freed a moment later between activations that live
+    until the backward pass, fragments the heap: that alone kept an 8-bit run's peak above the fp32
+    run's. The weight is used at once and never saved, so one buffer per shape serves all layers.
+    """
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (tuple(cb.shape), dtype, cb.device)
+    if key not in buffers:
+        buffers[key] = torch.empty(cb.shape, dtype=dtype, device=cb.device)
     # The arithmetic of bitsandbytes' own dequantisation, so outputs match it bit for bit.
-    return cb.to(dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
+    return buffers[key].copy_(cb).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
 
 
 class _FrozenInt8Matmul(torch.autograd.Function):

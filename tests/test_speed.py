@@ -188,3 +188,6 @@ def test_bench_train_quick_runs_on_a_tiny_model(tiny_model, tmp_path):
     assert r["speedup"] == pytest.approx(r["recpeft"]["samples_per_s"] / r["naive"]["samples_per_s"], rel=0.02)
     assert 0 <= r["naive"]["valid_auc"] <= 1 and 0 <= r["recpeft"]["valid_auc"] <= 1
     assert "speed-up (b)/(a)" in proc.stdout and "FLOP rule" in proc.stdout
+    shares = r["recpeft_step_time_shares"]
+    assert set(shares) == {"base matmuls", "adapter matmuls", "attention (SDPA)", "element-wise & other"}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.01) and shares["base matmuls"] > 0
