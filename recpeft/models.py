@@ -184,9 +184,9 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     for p in model.parameters():
         p.requires_grad_(False)
     if bits == 8 and not on_cuda:
-        from .int8 import lean_cpu_training
+        from .int8 import use_on_cpu
 
-        lean_cpu_training(model)
+        use_on_cpu(model)
     # The loader's freed full-precision copies stay in the heap; give them back (see runtime.py).
     release_memory()
     return model, tok, source

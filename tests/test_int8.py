@@ -1,5 +1,6 @@
-"""The 8-bit base's CPU training path: bitsandbytes' forward and input gradient, without keeping each
-layer's input alive for a weight gradient a frozen base never needs."""
+"""The 8-bit base on the CPU: bitsandbytes' training-path forward and input gradient, in training and
+inference alike, without keeping each layer's input alive for a weight gradient a frozen base never
+needs."""
 
 import gc
 import weakref
@@ -7,7 +8,7 @@ import weakref
 import bitsandbytes as bnb
 import torch
 
-from recpeft.int8 import frozen_int8_linear_class, lean_cpu_training
+from recpeft.int8 import frozen_int8_linear_class, use_on_cpu
 from recpeft.models import load_base
 
 
@@ -24,7 +25,7 @@ def _int8_layer(seed: int = 0) -> torch.nn.Module:
 
 def test_same_output_and_input_gradient_as_bitsandbytes():
     ours, theirs = _int8_layer(), _int8_layer()
-    assert lean_cpu_training(ours) == 1 and isinstance(ours, bnb.nn.Linear8bitLt)
+    assert use_on_cpu(ours) == 1 and isinstance(ours, bnb.nn.Linear8bitLt)
     x = torch.randn(3, 5, 32)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = ours(xa), theirs(xb)
@@ -49,20 +50,31 @@ def test_the_input_is_not_kept_for_the_backward_pass():
 
     assert input_alive_after_forward(_int8_layer())  # bitsandbytes' CPU training path keeps it
     layer = _int8_layer()
-    lean_cpu_training(layer)
+    use_on_cpu(layer)
     assert not input_alive_after_forward(layer)
 
 
-def test_inference_and_trainable_weights_stay_on_bitsandbytes_path(monkeypatch):
-    layer = _int8_layer()
-    lean_cpu_training(layer)
+def test_inference_is_the_function_training_used():
+    """bitsandbytes' CPU inference path quantises activations too; ours is the training forward."""
+    ours, theirs = _int8_layer(), _int8_layer()
+    use_on_cpu(ours)
+    x = torch.randn(6, 32)
+    trained_through = theirs(x)  # bitsandbytes in training mode: dequantise + linear
+    ours.eval()
+    with torch.no_grad():
+        assert torch.equal(ours(x), trained_through)
+
+
+def test_trainable_fp16_weights_stay_on_bitsandbytes_path(monkeypatch):
+    frozen, trainable = _int8_layer(), bnb.nn.Linear8bitLt(32, 24, has_fp16_weights=True).to("cpu")
+    use_on_cpu(frozen)
+    use_on_cpu(trainable)
     calls = []
     original = bnb.nn.Linear8bitLt.forward
     monkeypatch.setattr(bnb.nn.Linear8bitLt, "forward", lambda self, x: calls.append(1) or original(self, x))
-    layer(torch.randn(2, 32))
-    assert calls == []  # training, frozen, CPU: ours
-    layer.eval()
-    layer(torch.randn(2, 32))
+    frozen(torch.randn(2, 32))
+    assert calls == []  # int8, CPU: ours
+    trainable(torch.randn(2, 32))
     assert calls == [1]
 
 
