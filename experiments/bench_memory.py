@@ -1,6 +1,7 @@
 """Peak RSS of training runs with a 32-, 8- and 4-bit base, each in its own process, and where it goes.
 
     python experiments/bench_memory.py [--model smollm2-135m] [--steps 4] [--checkpointing both|off|on]
+                                       [--malloc-mmap-threshold BYTES]
 
 Every run trains the same LoRA on the same data for the same steps; only the base precision (and,
 in the second block, gradient checkpointing) differs. Each child process measures, from
@@ -12,6 +13,11 @@ in the second block, gradient checkpointing) differs. Each child process measure
 - then, with the high-water mark reset (/proc/self/clear_refs), a load of the base alone: its
   transient peak, the resident size after loading before and after recpeft's heap trim, and the
   bytes of the weights themselves.
+
+--malloc-mmap-threshold sets glibc's MALLOC_MMAP_THRESHOLD_ in the children: every allocation from
+that size up gets its own mapping, returned to the system when freed, instead of heap memory glibc
+keeps (its default threshold grows with the largest block freed). Peaks then follow live tensors
+more closely, at the cost of page faults on every large allocation (slower steps).
 
 Prints both blocks side by side with ratios to the fp32 run, a bound on the best ratio any run could
 reach (floor + weights, no activations, free loading), and writes experiments/results/memory.json.
@@ -93,6 +99,8 @@ def main() -> None:
     parser.add_argument("--method", default="lora")
     parser.add_argument("--checkpointing", choices=("both", "off", "on"), default="both",
                         help="gradient checkpointing in the runs: off, on, or a block of each")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=0,
+                        help="glibc MALLOC_MMAP_THRESHOLD_ for the runs, in bytes (0 = glibc's default)")
     parser.add_argument("--output", default=None, help="results JSON (default experiments/results/memory.json)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -104,13 +112,16 @@ def main() -> None:
 
     resolve(args.model)  # fetch/convert before measuring, so no run pays for it
     blocks = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
+    env = dict(os.environ)
+    if args.malloc_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     rows = []
     for ckpt in blocks:
         block = []
         for bits in (32, 8, 4):
             out = subprocess.run([sys.executable, __file__, "--child", str(bits), "--model", args.model, "--steps",
                                   str(args.steps), "--method", args.method]
-                                 + (["--child-checkpointing"] if ckpt else []), capture_output=True, text=True)
+                                 + (["--child-checkpointing"] if ckpt else []), capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.exit(f"child {bits}-bit failed:\n{out.stderr[-3000:]}")
             block.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -138,6 +149,7 @@ def main() -> None:
     results = Path(args.output) if args.output else RESULTS_DIR / "memory.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"model": args.model, "method": args.method, "steps": args.steps, "batch_size": 4,
+                                   "malloc_mmap_threshold": args.malloc_mmap_threshold or None,
                                    "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU",
                                    "load_average_1min_at_end": round(load, 2), "runs": rows}, indent=2) + "\n")
 

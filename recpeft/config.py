@@ -51,8 +51,8 @@ class TrainConfig:
     # LoRA
     lora_r: int = 8
     lora_alpha: int = 16
-    # 0 = peft's own default. Dropout's mask draws cost ~6% of a CPU training step (one Bernoulli per
-    # input element of every adapted projection); a few hundred steps of a rank-8 adapter rarely overfit.
+    # 0 = peft's own default. Dropout draws one Bernoulli per input element of every adapted projection:
+    # the largest CPU kernel after the matmuls; a few hundred steps of a rank-8 adapter rarely overfit.
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None  # None = per-architecture default (models.default_targets)
     # AdaLoRA (peft): ranks start at init_r and are pruned towards an average of target_r between

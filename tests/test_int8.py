@@ -109,3 +109,22 @@ def test_lora_on_the_lean_8bit_base_trains_like_bitsandbytes(tiny_model):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6), n
+
+
+def test_bench_int8_cpu_runs_on_a_tiny_model(tiny_model, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "int8.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_int8_cpu.py"), "--model", str(tiny_model),
+                           "--batch", "2", "--tokens", "6", "--repeats", "1", "--output", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["layers"] > 0 and r["bitsandbytes_seconds"] > 0 and r["frozen_int8_linear_seconds"] > 0
+    assert 0 <= r["frozen_int8_linear_max_abs_logit_diff_to_fp32"] < 1.0
+    assert 0 <= r["bitsandbytes_max_abs_logit_diff_to_fp32"] < 1.0
