@@ -5,8 +5,9 @@ forward also stores the layer's input for a weight gradient. A frozen base never
 every quantised linear of every layer kept its input until the backward pass: on SmolLM2-135M that
 made an 8-bit run's peak memory *higher* than the fp32 run's (experiments/results/memory.json).
 In inference it switches to `MatMul8bitLt`, which also quantises the activations: a different
-function from the one the adapter was trained through, and on this CPU 2.3x slower than
-dequantise + `F.linear` (4.7 s against 2.1 s for 8 x 110 tokens of SmolLM2-135M).
+function from the one the adapter was trained through, 1.9x slower than dequantise + `F.linear` on
+this CPU and further from the fp32 model (experiments/bench_int8_cpu.py: 4.40 s against 2.28 s for
+8 x 110 tokens of SmolLM2-135M; max |logit - fp32| 3.66 against 0.80).
 
 `FrozenInt8Linear` computes that one function, train and eval alike, with the same input gradient,
 and saves nothing for the backward pass but the layer's own int8 weight. Swapped in by class, so peft
