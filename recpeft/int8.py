@@ -30,8 +30,8 @@ def _dequantise(cb: torch.Tensor, scb: torch.Tensor, dtype: torch.dtype) -> torc
     """The full-precision weight, in a buffer reused by every layer of the same shape (per thread).
 
     A fresh multi-MiB tensor per layer and pass, freed a moment later between activations that live
-    until the backward pass, fragments the heap: that alone kept an 8-bit run's peak above the fp32
-    run's. The weight is used at once and never saved, so one buffer per shape serves all layers.
+    until the backward pass, leaves holes in the heap that glibc keeps. The weight is used at once
+    and never saved, so one buffer per shape serves all layers.
     """
     buffers = _scratch.__dict__.setdefault("buffers", {})
     key = (tuple(cb.shape), dtype, cb.device)
