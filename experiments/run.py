@@ -118,11 +118,13 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         row["outputs"] = _plain(outputs[run_name])  # per-example scores: the ROC can be redrawn, runs resumed
         results["runs"].append(row)
         print(f"[experiments] {name}/{run_name}: test {row['test']} ({row['seconds']:.0f} s)", flush=True)
-        # After every run, so a long experiment that is stopped keeps what it finished (complete: false)
-        results["complete"] = len(results["runs"]) == len(spec["runs"])
+        # After every run, so a long experiment that is stopped keeps what it finished (complete: false;
+        # an experiment with baselines is complete only once they are in too: --resume then adds them)
+        results["complete"] = len(results["runs"]) == len(spec["runs"]) and not spec.get("baselines")
         write_json_atomic(out / f"{name}.json", results)
     if spec.get("baselines"):
         results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
+        results["complete"] = True
         write_json_atomic(out / f"{name}.json", results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
     write_json_atomic(out / f"{name}.json", results)

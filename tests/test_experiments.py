@@ -80,3 +80,30 @@ def test_a_bad_baselines_section_fails_before_any_run(tmp_path, monkeypatch, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == ["experiments: error: baseline 'bpr' does not do preference; it does ranking"]
     assert not (tmp_path / "r").exists() and not (tmp_path / "a").exists()
+
+
+def test_an_experiment_whose_baselines_fail_is_not_complete_and_resume_adds_them(tiny_task_model, tmp_path,
+                                                                                 monkeypatch, capsys):
+    sets = [f"model={tiny_task_model}", "threads=1"]
+    out, adapters = tmp_path / "results", tmp_path / "adapters"
+    path = out / "ml100k_preference_shots.json"
+    assert "baselines" in runner.load_spec("ml100k_preference_shots", True, [])
+    real = runner.baselines_on_same_examples
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a baseline crashed")
+
+    monkeypatch.setattr(runner, "baselines_on_same_examples", crash)
+    with pytest.raises(RuntimeError):
+        runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets, out=out, adapters=adapters)
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is False and "baselines" not in saved
+    assert len(saved["runs"]) == len(runner.load_spec("ml100k_preference_shots", True, [])["runs"])
+    monkeypatch.setattr(runner, "baselines_on_same_examples", real)
+    capsys.readouterr()
+    again = runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets, out=out, adapters=adapters,
+                                  resume=True)
+    assert "kept from the previous results" in capsys.readouterr().out
+    assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in saved["runs"]]  # nothing re-run
+    final = json.loads(path.read_text())
+    assert final["complete"] is True and final["baselines"]
