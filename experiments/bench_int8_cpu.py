@@ -44,7 +44,7 @@ def main() -> None:
 
     import bitsandbytes as bnb
 
-    from recpeft.int8 import frozen_int8_linear_class
+    from recpeft.int8 import FrozenInt8Linear
     from recpeft.models import load_base
     from recpeft.runtime import default_threads
 
@@ -57,7 +57,7 @@ def main() -> None:
 
     model, _, _ = load_base(args.model, bits=8)  # recpeft's CPU layers
     model.eval()
-    lean = [m for m in model.modules() if isinstance(m, frozen_int8_linear_class())]
+    lean = [m for m in model.modules() if isinstance(m, FrozenInt8Linear)]
     ours_s, ours = timed_logits(model, ids, args.repeats)
     for m in lean:  # the same int8 weights through bitsandbytes' own inference path
         m.__class__ = bnb.nn.Linear8bitLt

@@ -16,12 +16,11 @@ still sees a `Linear8bitLt`; a CUDA input or trainable fp16 weights go to bitsan
 
 from __future__ import annotations
 
-import functools
 import threading
 
+import bitsandbytes as bnb  # imported only where an 8-bit base is loaded (models.load_base)
 import torch
 import torch.nn.functional as F
-
 
 _scratch = threading.local()
 
@@ -56,31 +55,23 @@ class _FrozenInt8Matmul(torch.autograd.Function):
         return grad.matmul(_dequantise(cb, scb, grad.dtype)).view(ctx.x_shape), None, None, None
 
 
-@functools.cache
-def frozen_int8_linear_class():
-    import bitsandbytes as bnb
+class FrozenInt8Linear(bnb.nn.Linear8bitLt):
+    """A frozen Linear8bitLt that on the CPU dequantises and saves no activations (see the module doc)."""
 
-    class FrozenInt8Linear(bnb.nn.Linear8bitLt):
-        """A frozen Linear8bitLt that on the CPU dequantises and saves no activations (see the module doc)."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.device.type != "cpu" or self.state.has_fp16_weights:  # CUDA, or trainable fp16 weights
-                return super().forward(x)
-            if self.weight.CB is not None:  # first call: bitsandbytes moves the int8 weight into .state
-                self.init_8bit_state()
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return _FrozenInt8Matmul.apply(x, self.state.CB, self.state.SCB, bias)
-
-    return FrozenInt8Linear
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.state.has_fp16_weights:  # CUDA, or trainable fp16 weights
+            return super().forward(x)
+        if self.weight.CB is not None:  # first call: bitsandbytes moves the int8 weight into .state
+            self.init_8bit_state()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _FrozenInt8Matmul.apply(x, self.state.CB, self.state.SCB, bias)
 
 
 def use_on_cpu(model) -> int:
     """Swap every bitsandbytes Linear8bitLt of `model` for FrozenInt8Linear. Returns how many."""
-    import bitsandbytes as bnb
-
-    cls, n = frozen_int8_linear_class(), 0
+    n = 0
     for module in model.modules():
         if type(module) is bnb.nn.Linear8bitLt:
-            module.__class__ = cls
+            module.__class__ = FrozenInt8Linear
             n += 1
     return n

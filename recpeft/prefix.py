@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .batches import Encoded, LengthBucketSampler, collate
-from .scoring import answer_logits, answer_rows
+from .scoring import answer_columns, answer_logits, answer_rows
 
 SENTINEL = "\u27e6RECPEFT-TARGET\u27e7"
 
@@ -54,8 +54,7 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
     device = next(model.parameters()).device
     prefix = torch.tensor([prefix_ids], device=device)
     cache = DynamicCache(config=model.config)
-    with answer_rows(model, answer_ids) as narrowed:
-        model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)  # one row of logits, unread
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     n_prefix = len(prefix_ids)
     out = torch.empty(len(suffixes), len(answer_ids))
@@ -72,11 +71,11 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
         # A fresh cache per batch: forward appends the suffix keys to it. expand() shares the prefix memory.
         batch_cache = DynamicCache([(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
                                     for k, v in kv], config=model.config)
-        with answer_rows(model, answer_ids):
+        with answer_rows(model, answer_ids) as narrowed:
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device), cache=batch_cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
-        out[idx] = (logits if narrowed else logits[:, answer_ids]).float().cpu()
+        out[idx] = answer_columns(logits, narrowed, answer_ids).cpu()
     return out
 
 

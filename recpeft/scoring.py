@@ -29,7 +29,6 @@ class AnswerRowsHead(torch.nn.Linear):
         rows = _ROWS.get()
         if rows is None:
             return super().forward(x)
-        rows = rows.to(self.weight.device)
         return F.linear(x, self.weight[rows], None if self.bias is None else self.bias[rows])
 
 
@@ -50,7 +49,7 @@ def answer_rows(model, answer_ids: list[int]):
     if not isinstance(head, AnswerRowsHead):
         yield False
         return
-    token = _ROWS.set(torch.tensor(answer_ids, dtype=torch.long))
+    token = _ROWS.set(torch.tensor(answer_ids, dtype=torch.long, device=head.weight.device))
     try:
         yield True
     finally:
@@ -62,7 +61,11 @@ def answer_logits(model, batch: dict[str, torch.Tensor], answer_ids: list[int]) 
     with answer_rows(model, answer_ids) as narrowed:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
-    logits = out.logits[:, -1]
+    return answer_columns(out.logits[:, -1], narrowed, answer_ids)
+
+
+def answer_columns(logits: torch.Tensor, narrowed: bool, answer_ids: list[int]) -> torch.Tensor:
+    """[batch, n_answers] float logits from one position's logits, computed inside `answer_rows`."""
     return (logits if narrowed else logits[:, answer_ids]).float()
 
 

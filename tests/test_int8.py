@@ -8,7 +8,7 @@ import weakref
 import bitsandbytes as bnb
 import torch
 
-from recpeft.int8 import frozen_int8_linear_class, use_on_cpu
+from recpeft.int8 import FrozenInt8Linear, use_on_cpu
 from recpeft.models import load_base
 
 
@@ -81,7 +81,7 @@ def test_trainable_fp16_weights_stay_on_bitsandbytes_path(monkeypatch):
 def test_an_8bit_base_on_cpu_gets_the_lean_layers(tiny_model):
     model, _, _ = load_base(str(tiny_model), bits=8)
     kinds = {type(m) for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)}
-    assert kinds == {frozen_int8_linear_class()}
+    assert kinds == {FrozenInt8Linear}
 
 
 def test_lora_on_the_lean_8bit_base_trains_like_bitsandbytes(tiny_model):
