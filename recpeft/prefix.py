@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .batches import Encoded, LengthBucketSampler, collate
+from .last_position import last_position
 from .scoring import answer_columns, answer_logits, answer_rows
 
 SENTINEL = "\u27e6RECPEFT-TARGET\u27e7"
@@ -54,7 +55,8 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
     device = next(model.parameters()).device
     prefix = torch.tensor([prefix_ids], device=device)
     cache = DynamicCache(config=model.config)
-    model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)  # one row of logits, unread
+    with last_position(model):  # the prefix's keys and values are all this forward is for
+        model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     n_prefix = len(prefix_ids)
     out = torch.empty(len(suffixes), len(answer_ids))
@@ -71,7 +73,7 @@ def cached_answer_logits(model, prefix_ids: list[int], suffixes: list[list[int]]
         # A fresh cache per batch: forward appends the suffix keys to it. expand() shares the prefix memory.
         batch_cache = DynamicCache([(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
                                     for k, v in kv], config=model.config)
-        with answer_rows(model, answer_ids) as narrowed:
+        with answer_rows(model, answer_ids) as narrowed, last_position(model):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device), cache=batch_cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]

@@ -3,7 +3,7 @@
 Only what that needs is computed: the LM head runs at one position (`logits_to_keep=1`) and, inside
 `answer_rows`, on the answer tokens' rows of its weight only. A full head is a [hidden x vocabulary]
 matmul per row, forward and backward: on SmolLM2, 49,152 logits per row of which the verbaliser
-reads two.
+reads two. The last decoder block runs at that one position too (`last_position.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import Encoded, LengthBucketSampler, collate
+from .last_position import last_position
 
 # The answer rows of the current call. A context variable, not module state: another thread (a
 # server, a user's own code) generating text with the same model at the same time keeps a full head.
@@ -58,7 +59,7 @@ def answer_rows(model, answer_ids: list[int]):
 
 def answer_logits(model, batch: dict[str, torch.Tensor], answer_ids: list[int]) -> torch.Tensor:
     """[batch, n_answers] logits of the answer tokens at the last position (only those are computed)."""
-    with answer_rows(model, answer_ids) as narrowed:
+    with answer_rows(model, answer_ids) as narrowed, last_position(model):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
     return answer_columns(out.logits[:, -1], narrowed, answer_ids)
