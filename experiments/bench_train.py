@@ -2,20 +2,27 @@
 
     python experiments/bench_train.py [--model smollm2-135m] [--examples 256] [--batch-size 8] [--quick]
 
-Both runs use the same base model (recpeft.models.load_base), the same LoRA configuration, optimiser,
-schedule, learning rate and number of optimiser steps, and the SAME training examples in the same
+Both runs use the same base model weights, the same LoRA configuration, optimiser, schedule, learning
+rate and number of optimiser steps, and the SAME training examples in the same
 batches: (b) runs first through `recpeft.trainer.train`, and a global forward hook on the embedding
 records exactly which token sequences each of its training steps saw; (a) then replays them.
 
-(a) naive: every example is `prompt + answer token`, right-padded to the fixed `max_length`,
-    full-vocabulary logits at every position, Hugging Face's LM loss on the answer token only.
-(b) recpeft: length-bucketed left padding, `logits_to_keep=1`, loss over the Yes/No logits.
+(a) naive: the model as transformers loads it; every example is `prompt + answer token`, right-padded
+    to the fixed `max_length`, full-vocabulary logits at every position, Hugging Face's LM loss on the
+    answer token only.
+(b) recpeft: the model as recpeft.models.load_base loads it (hand-written RMSNorm and rotary
+    backward passes), length-bucketed left padding, the last block and the LM head computed at the
+    scored position only and there on the Yes/No rows only, loss over the Yes/No logits.
 
 Achieved GFLOP/s counts useful work on real tokens only (no padding), per training example of T
 tokens: 2·N·T forward + 2·N·T input-gradient backward through the frozen base + 6·N_trainable·T
-for the trainable weights + 4·V·d for the LM head at the one position the loss reads. N = the
-parameters of the decoder blocks and final norm (the embedding lookup is a gather, not a matmul);
-attention-score FLOPs (about 2% here) are not counted, so the figure is conservative. The reference
+for the trainable weights, N = the parameters of the decoder blocks and final norm (the embedding
+lookup is a gather, not a matmul), less what the loss does not need, which no run has to compute:
+the last block's query, output projection and MLP at the T - 1 positions the loss does not read
+(its keys and values are needed everywhere), and the input gradient of the first block's q, k, v
+projections (their input is the frozen embedding); plus 4·n_answers·d for the LM head's answer rows
+at the one position the loss reads. Attention-score FLOPs (about 2% here) are not counted, so the
+figure is conservative. The reference
 is the fp32 GFLOP/s of a large square torch.mm in the same process and thread count, measured
 before (b), between the runs and after (a); (b) is compared with the mean of the two probes around it,
 because the machine may be shared.
@@ -98,8 +105,32 @@ def load_normalised(out: dict) -> dict:
             "speedup_load_normalised": round(share_b / share_a, 2)}
 
 
-def flops_per_example(n_block: int, n_trainable: int, vocab: int, hidden: int, tokens: int) -> int:
-    return (4 * n_block + 6 * n_trainable) * tokens + 4 * vocab * hidden
+FLOP_RULE = ("per example of T real tokens: 4*N_block*T + 6*N_trainable*T (forward, input gradient, adapter "
+             "weight gradient), less 4*N_last_unread*(T-1) (frozen) and 6*N_last_unread_trainable*(T-1) (the last "
+             "block's q_proj, o_proj, MLP and post-attention norm at positions the loss does not read), less "
+             "2*N_first_qkv*T (input gradient of the first block's q/k/v projections: their input is the frozen "
+             "embedding), plus 4*n_answers*hidden (the LM head's answer rows at the scored position); N_block = "
+             "decoder blocks + final norm (embedding lookup excluded); attention scores not counted")
+
+
+def needed_parameters(model) -> dict[str, int]:
+    """Parameter counts for the FLOP rule, split frozen/trainable (a PeftModel of a Llama-layout model)."""
+    base = model.get_base_model()
+    last, first = base.model.layers[-1], base.model.layers[0].self_attn
+    unread = [last.self_attn.q_proj, last.self_attn.o_proj, last.mlp, last.post_attention_layernorm]
+
+    def count(modules, trainable: bool) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad == trainable)
+
+    return {"last_unread": count(unread, False), "last_unread_trainable": count(unread, True),
+            "first_qkv": count([first.q_proj, first.k_proj, first.v_proj], False)}
+
+
+def flops_per_example(n_block: int, n_trainable: int, needed: dict[str, int], n_answers: int, hidden: int,
+                      tokens: int) -> int:
+    full = (4 * n_block + 6 * n_trainable) * tokens
+    unread = (4 * needed["last_unread"] + 6 * needed["last_unread_trainable"]) * (tokens - 1)
+    return full - unread - 2 * needed["first_qkv"] * tokens + 4 * n_answers * hidden
 
 
 def step_profile(model, task, batches, labels, pad_id: int, rank: int) -> dict[str, float]:
@@ -133,12 +164,15 @@ def step_profile(model, task, batches, labels, pad_id: int, rank: int) -> dict[s
 def naive_train(cfg, task, batches, labels, valid) -> dict:
     """Seed-style loop: fixed-length right padding, full-vocabulary logits, LM loss on the answer token."""
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     from recpeft.methods import get_method
-    from recpeft.models import default_targets, load_base
+    from recpeft.models import default_targets, load_tokenizer, resolve
 
-    model, tok, _ = load_base(cfg.model, bits=32)
+    source = resolve(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
+    model.requires_grad_(False)
+    tok = load_tokenizer(source)
     attn = model.config._attn_implementation
     answer_ids = task.answer_ids
     set_seed(cfg.seed)
@@ -235,7 +269,7 @@ def main() -> None:
     a_seconds = sum(naive["seconds"])
 
     model_cfg = result.model.config
-    vocab, hidden = model_cfg.vocab_size, model_cfg.hidden_size
+    hidden = model_cfg.hidden_size
     base = result.model.get_base_model()
     n_embed = base.get_input_embeddings().weight.numel()
     head = base.get_output_embeddings().weight
@@ -244,7 +278,9 @@ def main() -> None:
     n_block = sum(p.numel() for p in base.parameters()) - n_embed - n_head - n_trainable
     n_examples = sum(len(rows) for rows in batches)
     real_tokens = sum(len(r) for rows in batches for r in rows)
-    flops = sum(flops_per_example(n_block, n_trainable, vocab, hidden, len(r)) for rows in batches for r in rows)
+    needed = needed_parameters(result.model)
+    flops = sum(flops_per_example(n_block, n_trainable, needed, len(task.answer_ids), hidden, len(r))
+                for rows in batches for r in rows)
     b_padded = sum(n for _, n in recorded)
     reference = statistics.mean(probes[:2])  # the probes just before and just after (b)
     b_gflops = flops / b_seconds / 1e9
@@ -262,10 +298,8 @@ def main() -> None:
         "threads_inside_run": sorted(recorder.threads), "attn_implementation": naive["attn_implementation"],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
                    + f", {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
-        "flop_rule": "per example of T real tokens: (4*N_block + 6*N_trainable)*T + 4*vocab*hidden (LM head at the one "
-                     "scored position); N_block = decoder blocks + final norm (embedding lookup excluded); attention "
-                     "scores not counted",
-        "n_block": n_block, "n_trainable": n_trainable, "real_tokens": real_tokens,
+        "flop_rule": FLOP_RULE,
+        "n_block": n_block, "n_trainable": n_trainable, "n_not_needed": needed, "real_tokens": real_tokens,
         "recpeft_tokens_incl_padding": b_padded, "naive_tokens_incl_padding": n_examples * cfg.max_length,
         "useful_gflop": round(flops / 1e9, 1),
         "matmul_gflops_probes": [round(p, 1) for p in probes], "matmul_gflops_reference": round(reference, 1),

@@ -19,12 +19,11 @@ import contextlib
 from contextvars import ContextVar
 
 import torch
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, eager_attention_forward,
-                                                      rotate_half)
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
+
+from .fused import ATTENTION, FusedLlamaAttention, pop_cache, rotary
 
 _ACTIVE: ContextVar[bool] = ContextVar("recpeft_last_position", default=False)
-_ATTENTION = {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
 
 
 class LastPositionLlamaLayer(LlamaDecoderLayer):
@@ -37,27 +36,27 @@ class LastPositionLlamaLayer(LlamaDecoderLayer):
             kwargs["last_position_only"] = True
         return super().__call__(*args, **kwargs)
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
-                position_embeddings=None, last_position_only=False, **kwargs):
-        if not last_position_only:
-            return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                                   cache=cache, use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, last_position_only=False,
+                **kwargs):
         attn = self.self_attn
+        attention = ATTENTION.get(attn.config._attn_implementation)
+        if not last_position_only or attention is None:
+            return super().forward(hidden_states, attention_mask=attention_mask,
+                                   position_embeddings=position_embeddings, **kwargs)
+        cache = pop_cache(kwargs)
         batch, length, _ = hidden_states.shape
         normed = self.input_layernorm(hidden_states)
         query = attn.q_proj(normed[:, -1:]).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
         key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-        query = query * cos[:, :, -1:] + rotate_half(query) * sin[:, :, -1:]
-        key = key * cos + rotate_half(key) * sin
+        query, key = rotary(query, cos[:, :, -1:], sin[:, :, -1:]), rotary(key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, attn.layer_idx)
         if attention_mask is not None:
             attention_mask = attention_mask[:, :, -1:]  # the last query's row
-        out, _ = _ATTENTION[attn.config._attn_implementation](
-            attn, query, key, value, attention_mask, dropout=attn.attention_dropout if attn.training else 0.0,
-            scaling=attn.scaling)
+        out, _ = attention(attn, query, key, value, attention_mask,
+                           dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling)
         hidden = hidden_states[:, -1:] + attn.o_proj(out.reshape(batch, 1, -1).contiguous())
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
@@ -74,12 +73,11 @@ def _last_block(model) -> torch.nn.Module | None:
 def last_position(model):
     """While active, the model's last block computes the last position only; the caller must read the
     final hidden state there alone (`logits_to_keep=1`, no hidden states returned). Yields whether the
-    block is narrowed: False for a layout other than Llama's or an attention other than sdpa / eager."""
+    block is narrowed: False for a layout other than Llama's or an attention other than sdpa or eager."""
     block = _last_block(model)
-    if (type(block) is LlamaDecoderLayer and type(block.self_attn) is LlamaAttention
-            and block.self_attn.config._attn_implementation in _ATTENTION):
+    if type(block) is LlamaDecoderLayer and type(block.self_attn) in (LlamaAttention, FusedLlamaAttention):
         block.__class__ = LastPositionLlamaLayer
-    if not isinstance(block, LastPositionLlamaLayer):
+    if not (isinstance(block, LastPositionLlamaLayer) and block.self_attn.config._attn_implementation in ATTENTION):
         yield False
         return
     token = _ACTIVE.set(True)

@@ -187,6 +187,9 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
         from .int8 import use_on_cpu
 
         use_on_cpu(model)
+    from .fused import use_fused
+
+    use_fused(model)  # RMSNorm and rotary embeddings with hand-written backward passes (Llama family)
     # The loader's freed full-precision copies stay in the heap; give them back (see runtime.py).
     release_memory()
     return model, tok, source
