@@ -22,10 +22,16 @@ the last block's query, output projection and MLP at the T - 1 positions the los
 (its keys and values are needed everywhere), and the input gradient of the first block's q, k, v
 projections (their input is the frozen embedding); plus 4·n_answers·d for the LM head's answer rows
 at the one position the loss reads. Attention-score FLOPs (about 2% here) are not counted, so the
-figure is conservative. The reference
-is the fp32 GFLOP/s of a large square torch.mm in the same process and thread count, measured
-before (b), between the runs and after (a); (b) is compared with the mean of the two probes around it,
-because the machine may be shared.
+figure is conservative.
+
+The reference is the fp32 GFLOP/s of a large square torch.mm in the same process and thread count,
+measured while each run runs: half a second of back-to-back torch.mm after every optimiser step,
+outside the step's timing (through recpeft's between-steps hook for (b), in the loop for (a)); each
+run is compared with the mean of its own probes. The rate is sustained (FLOPs over the probe's wall
+time, as the runs' rates are), not the fastest single product. This machine's speed drifts by
+±15% within a minute (a shared host), so a reference measured minutes away from a run misstates
+it; 5-second probes before (b), between the runs and after (a), with their fastest products, are
+reported as well.
 
 Where (b)'s step time goes: two of its batches are replayed (forward + backward) under torch.profiler,
 and the self CPU time is split into the base's matmuls, the adapter's, attention and the rest.
@@ -52,16 +58,50 @@ import torch
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def matmul_gflops(n: int, seconds: float) -> float:
-    """Best fp32 GFLOP/s of an n x n @ n x n torch.mm, repeated for about `seconds`."""
+def matmul_gflops(n: int, seconds: float) -> tuple[float, float]:
+    """fp32 GFLOP/s of n x n @ n x n torch.mm repeated for about `seconds`: (sustained, fastest product)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    best, count, start = 0.0, 0, time.perf_counter()
+    while time.perf_counter() < start + seconds:
         tick = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - tick) / 1e9)
-    return best
+        best, count = max(best, 2 * n**3 / (time.perf_counter() - tick) / 1e9), count + 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9, best
+
+
+class StepProbes:
+    """Sustained torch.mm GFLOP/s measured between optimiser steps (the caller keeps it out of step timing)."""
+
+    def __init__(self, n: int, seconds: float):
+        self.n, self.seconds, self.rates = n, seconds, []
+
+    def __call__(self) -> None:
+        self.rates.append(matmul_gflops(self.n, self.seconds)[0])
+
+    def between_trainer_steps(self):
+        """A context in which recpeft's trainer probes after every optimiser step, through its
+        between-steps hook (recpeft.faults.kill_point, called after the step's timing has stopped)."""
+        import contextlib
+
+        import recpeft.trainer
+
+        @contextlib.contextmanager
+        def patched():
+            original = recpeft.trainer.kill_point
+
+            def hook(point: str) -> None:
+                original(point)
+                if point.startswith("step:"):
+                    self()
+
+            recpeft.trainer.kill_point = hook
+            try:
+                yield self
+            finally:
+                recpeft.trainer.kill_point = original
+
+        return patched()
 
 
 def hanley_mcneil(auc: float, n_pos: int, n_neg: int) -> float:
@@ -96,11 +136,10 @@ class StepRecorder:
 
 
 def load_normalised(out: dict) -> dict:
-    """Each run's useful GFLOP/s as a share of the mean of the matmul probes around it, and the speed-up
-    those shares imply: a shared machine's load changes between the runs, the probes track it."""
-    p = out["matmul_gflops_probes"]
-    ref_b, ref_a = (p[0] + p[1]) / 2, (p[1] + p[2]) / 2
-    share_a, share_b = out["naive"]["useful_gflops"] / ref_a, out["recpeft"]["useful_gflops"] / ref_b
+    """Each run's useful GFLOP/s as a share of the matmul rate measured during it, and the speed-up those
+    shares imply: a shared machine's speed changes between the runs, the probes track it."""
+    share_a = out["naive"]["useful_gflops"] / out["naive"]["matmul_gflops_during"]
+    share_b = out["recpeft"]["useful_gflops"] / out["recpeft"]["matmul_gflops_during"]
     return {"naive_share_of_matmul": round(share_a, 3), "recpeft_share_of_matmul": round(share_b, 3),
             "speedup_load_normalised": round(share_b / share_a, 2)}
 
@@ -161,7 +200,7 @@ def step_profile(model, task, batches, labels, pad_id: int, rank: int) -> dict[s
     return {k: round(v / total, 3) for k, v in shares.items()}
 
 
-def naive_train(cfg, task, batches, labels, valid) -> dict:
+def naive_train(cfg, task, batches, labels, valid, between_steps) -> dict:
     """Seed-style loop: fixed-length right padding, full-vocabulary logits, LM loss on the answer token."""
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
@@ -200,6 +239,7 @@ def naive_train(cfg, task, batches, labels, valid) -> dict:
         optimizer.zero_grad()
         losses.append(loss.item())
         seconds.append(time.perf_counter() - tick)
+        between_steps()
     auc = task.evaluate(model, valid, batch_size=cfg.batch_size * 2).metrics["auc"]  # the trainer's own evaluator
     return {"seconds": seconds, "losses": losses, "auc": auc, "attn_implementation": attn}
 
@@ -239,21 +279,25 @@ def main() -> None:
     valid = task.eval_set("valid", cfg.eval_samples)
     valid_rows = valid.rows
     torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0))))
-    probes = [matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0)]
-    print(f"[bench] fp32 torch.mm {args.matmul_n}^3 on {torch.get_num_threads()} threads: {probes[0]:.1f} GFLOP/s",
-          flush=True)
+    probe_seconds = 1.0 if args.quick else 5.0
+    probes = [matmul_gflops(args.matmul_n, probe_seconds)]
+    print(f"[bench] fp32 torch.mm {args.matmul_n}^3 on {torch.get_num_threads()} threads: {probes[0][0]:.1f} "
+          f"GFLOP/s sustained, {probes[0][1]:.1f} fastest product", flush=True)
+    step_probe_seconds = 0.1 if args.quick else 0.5
+    during_b, during_a = StepProbes(args.matmul_n, step_probe_seconds), StepProbes(args.matmul_n, step_probe_seconds)
 
     # (b) recpeft's trainer; the recorder sees what each step trained on.
     recorder = StepRecorder(tok.pad_token_id)
     try:
-        result = train(cfg, save=False, show_progress=False)
+        with during_b.between_trainer_steps():
+            result = train(cfg, save=False, show_progress=False)
     finally:
         recorder.close()
     recorded = recorder.batches
     if len(recorded) != result.metrics["steps"] * cfg.grad_accum:
         raise RuntimeError(f"recorded {len(recorded)} training forwards for {result.metrics['steps']} steps")
     b_seconds = result.metrics["seconds_per_micro_batch"] * steps
-    probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
+    probes.append(matmul_gflops(args.matmul_n, probe_seconds))
 
     # Labels of the recorded rows: look each prompt up among the encoded training rows.
     train_rows = task.train_rows(cfg.train_samples)
@@ -264,8 +308,8 @@ def main() -> None:
     profile_shares = step_profile(result.model, task, batches[:profiled], labels[:profiled], tok.pad_token_id,
                                   cfg.lora_r)
 
-    naive = naive_train(cfg, task, batches, labels, valid)
-    probes.append(matmul_gflops(args.matmul_n, 1.0 if args.quick else 5.0))
+    naive = naive_train(cfg, task, batches, labels, valid, during_a)
+    probes.append(matmul_gflops(args.matmul_n, probe_seconds))
     a_seconds = sum(naive["seconds"])
 
     model_cfg = result.model.config
@@ -282,7 +326,10 @@ def main() -> None:
     flops = sum(flops_per_example(n_block, n_trainable, needed, len(task.answer_ids), hidden, len(r))
                 for rows in batches for r in rows)
     b_padded = sum(n for _, n in recorded)
-    reference = statistics.mean(probes[:2])  # the probes just before and just after (b)
+    if len(during_b.rates) != steps or len(during_a.rates) != steps:
+        raise RuntimeError(f"expected {steps} matmul probes per run, got {len(during_b.rates)} / {len(during_a.rates)}")
+    reference = statistics.mean(during_b.rates)
+    around_b_fastest = statistics.mean(p[1] for p in probes[:2])
     b_gflops = flops / b_seconds / 1e9
     a_gflops = flops / a_seconds / 1e9
 
@@ -302,12 +349,19 @@ def main() -> None:
         "n_block": n_block, "n_trainable": n_trainable, "n_not_needed": needed, "real_tokens": real_tokens,
         "recpeft_tokens_incl_padding": b_padded, "naive_tokens_incl_padding": n_examples * cfg.max_length,
         "useful_gflop": round(flops / 1e9, 1),
-        "matmul_gflops_probes": [round(p, 1) for p in probes], "matmul_gflops_reference": round(reference, 1),
+        "matmul_gflops_reference": round(reference, 1),
+        "matmul_gflops_5s_probes": {"when": ["before (b)", "between", "after (a)"],
+                                    "sustained": [round(p[0], 1) for p in probes],
+                                    "fastest_product": [round(p[1], 1) for p in probes]},
         "naive": {"seconds": round(a_seconds, 1), "samples_per_s": round(n_examples / a_seconds, 3),
+                  "matmul_gflops_during": round(statistics.mean(during_a.rates), 1),
                   "useful_gflops": round(a_gflops, 1), "valid_auc": round(a_auc, 4), "valid_auc_se": round(a_se, 4),
                   "final_loss": round(naive["losses"][-1], 4)},
         "recpeft": {"seconds": round(b_seconds, 1), "samples_per_s": round(n_examples / b_seconds, 3),
-                    "useful_gflops": round(b_gflops, 1), "share_of_matmul": round(b_gflops / reference, 3),
+                    "useful_gflops": round(b_gflops, 1), "matmul_gflops_during": round(reference, 1),
+                    "matmul_gflops_during_range": [round(min(during_b.rates), 1), round(max(during_b.rates), 1)],
+                    "share_of_matmul": round(b_gflops / reference, 3),
+                    "share_of_fastest_product_around": round(b_gflops / around_b_fastest, 3),
                     "valid_auc": round(b_auc, 4), "valid_auc_se": round(b_se, 4),
                     "valid_auc_base": round(result.metrics["valid_auc_base"], 4)},
         "recpeft_step_time_shares": profile_shares, "recpeft_step_time_shares_batches": profiled,
@@ -326,18 +380,21 @@ def main() -> None:
           f"(recpeft computed {b_padded:,} incl. padding, naive {out['naive_tokens_incl_padding']:,}); "
           f"useful work {flops / 1e9:,.0f} GFLOP")
     print(f"[bench] threads inside the run: {out['threads_inside_run']}; attention: {out['attn_implementation']}")
-    print(f"[bench] matmul GFLOP/s probes (before b, between, after a): {out['matmul_gflops_probes']}; reference "
-          f"for (b) = mean of the two around it: {reference:.1f}")
+    print(f"[bench] matmul GFLOP/s during (b), 0.5 s after each step: mean {reference:.1f} (range "
+          f"{min(during_b.rates):.1f}-{max(during_b.rates):.1f}); during (a): {statistics.mean(during_a.rates):.1f}; "
+          f"5 s probes before (b), between, after (a): sustained {out['matmul_gflops_5s_probes']['sustained']}, "
+          f"fastest product {out['matmul_gflops_5s_probes']['fastest_product']}")
     for name in ("naive", "recpeft"):
         r = out[name]
         print(f"[bench] ({'a' if name == 'naive' else 'b'}) {name:8s} {r['seconds']:8.1f} s  {r['samples_per_s']:7.3f} samples/s  "
               f"{r['useful_gflops']:6.1f} useful GFLOP/s  valid AUC {r['valid_auc']:.4f} ± {1.96 * r['valid_auc_se']:.4f}")
-    print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.0%} of the "
-          f"matmul GFLOP/s; AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
+    print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.1%} of the "
+          f"matmul GFLOP/s measured during it ({out['recpeft']['share_of_fastest_product_around']:.1%} of the fastest "
+          f"products in the 5 s probes around it); AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
           f"{len(valid_rows)} validation examples)")
     print(f"[bench] where (b)'s forward + backward time goes (torch.profiler, {profiled} of its batches replayed): "
           + ", ".join(f"{k} {v:.0%}" for k, v in profile_shares.items()))
-    print(f"[bench] load-normalised (each run against the matmul probes around it): (a) "
+    print(f"[bench] load-normalised (each run against the matmul rate during it): (a) "
           f"{out['naive']['share_of_matmul']:.0%} and (b) {out['recpeft']['share_of_matmul']:.0%} of the matmul rate; "
           f"speed-up {out['speedup_load_normalised']:.2f}x")
     if out["other_processes_running"]:

@@ -188,6 +188,13 @@ def test_bench_train_quick_runs_on_a_tiny_model(tiny_model, tmp_path):
     assert r["speedup"] == pytest.approx(r["recpeft"]["samples_per_s"] / r["naive"]["samples_per_s"], rel=0.02)
     assert 0 <= r["naive"]["valid_auc"] <= 1 and 0 <= r["recpeft"]["valid_auc"] <= 1
     assert "speed-up (b)/(a)" in proc.stdout and "FLOP rule" in proc.stdout
+    # the reference is measured during (b), between its steps, and the share is against it
+    low, high = r["recpeft"]["matmul_gflops_during_range"]
+    assert 0 < low <= r["matmul_gflops_reference"] == r["recpeft"]["matmul_gflops_during"] <= high
+    assert r["recpeft"]["share_of_matmul"] == pytest.approx(r["recpeft"]["useful_gflops"] / r["matmul_gflops_reference"],
+                                                            abs=0.01)
+    # work the loss does not need is left out of the useful FLOPs: the last block beyond its k, v projections
+    assert 0 < r["n_not_needed"]["last_unread"] < r["n_block"] / 2
     shares = r["recpeft_step_time_shares"]
     assert set(shares) == {"base matmuls", "adapter matmuls", "attention (SDPA)", "element-wise & other"}
     assert sum(shares.values()) == pytest.approx(1.0, abs=0.01) and shares["base matmuls"] > 0
