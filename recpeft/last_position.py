@@ -46,7 +46,9 @@ class LastPositionLlamaLayer(LlamaDecoderLayer):
         cache = pop_cache(kwargs)
         batch, length, _ = hidden_states.shape
         normed = self.input_layernorm(hidden_states)
-        query = attn.q_proj(normed[:, -1:]).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+        # contiguous: on a strided view, matmul picks its kernel by whether the weight requires grad, so a
+        # trained adapter and the same adapter reloaded frozen would round differently
+        query = attn.q_proj(normed[:, -1:].contiguous()).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
         key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
