@@ -99,7 +99,8 @@ class FusedLlamaAttention(LlamaAttention):
 
 
 def pop_cache(kwargs: dict):
-    """The KV cache argument, under its transformers >= 5.x name or the one before (`past_key_values`)."""
+    """The KV cache argument, under its current name (`cache`) or the one transformers 5 deprecated
+    (`past_key_values`)."""
     cache = kwargs.pop("cache", None)
     legacy = kwargs.pop("past_key_values", None)
     return cache if cache is not None else legacy
