@@ -44,6 +44,7 @@ experiments/results/bench_train.json (bench_train_quick.json with --quick).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -79,29 +80,24 @@ class StepProbes:
     def __call__(self) -> None:
         self.rates.append(matmul_gflops(self.n, self.seconds)[0])
 
+    @contextlib.contextmanager
     def between_trainer_steps(self):
         """A context in which recpeft's trainer probes after every optimiser step, through its
         between-steps hook (recpeft.faults.kill_point, called after the step's timing has stopped)."""
-        import contextlib
-
         import recpeft.trainer
 
-        @contextlib.contextmanager
-        def patched():
-            original = recpeft.trainer.kill_point
+        original = recpeft.trainer.kill_point
 
-            def hook(point: str) -> None:
-                original(point)
-                if point.startswith("step:"):
-                    self()
+        def hook(point: str) -> None:
+            original(point)
+            if point.startswith("step:"):
+                self()
 
-            recpeft.trainer.kill_point = hook
-            try:
-                yield self
-            finally:
-                recpeft.trainer.kill_point = original
-
-        return patched()
+        recpeft.trainer.kill_point = hook
+        try:
+            yield self
+        finally:
+            recpeft.trainer.kill_point = original
 
 
 def hanley_mcneil(auc: float, n_pos: int, n_neg: int) -> float:

@@ -77,25 +77,33 @@ class FusedRMSNorm(LlamaRMSNorm):
 
 
 class FusedLlamaAttention(LlamaAttention):
-    """transformers' LlamaAttention.forward with the rotary embedding above."""
+    """transformers' LlamaAttention.forward with the rotary embedding above. With last_query_only
+    (recpeft.last_position), only the last position queries: keys and values still come from all."""
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, last_query_only=False,
+                **kwargs):
         attention = ATTENTION.get(self.config._attn_implementation)
-        if attention is None:  # switched to another implementation after loading
+        if attention is None:  # switched to another implementation after loading (never narrowed then)
             return super().forward(hidden_states, position_embeddings, attention_mask, **kwargs)
         cache = pop_cache(kwargs)
+        queries = slice(-1, None) if last_query_only else slice(None)
+        # contiguous: on a strided view, matmul picks its kernel by whether the weight requires grad, so a
+        # trained adapter and the same adapter reloaded frozen would round differently
+        query_states = hidden_states[:, queries].contiguous()
+        query = self.q_proj(query_states).view(*query_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-        query, key = rotary(query, cos, sin), rotary(key, cos, sin)
+        query, key = rotary(query, cos[:, :, queries], sin[:, :, queries]), rotary(key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :, queries]  # the querying rows
         out, weights = attention(self, query, key, value, attention_mask,
                                  dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
                                  **kwargs)
-        return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+        return self.o_proj(out.reshape(*query_states.shape[:-1], -1).contiguous()), weights
 
 
 def pop_cache(kwargs: dict):

@@ -7,9 +7,9 @@ Its query, attention output, output projection and MLP matter at the last positi
 SmolLM2-135M that is 94% of the block, 3% of a forward and backward pass.
 
 Inside `last_position(model)` the model's last block returns that one position ([batch, 1, hidden])
-and skips the rest. Its class is swapped in place for a subclass, so parameters, state-dict keys,
-hooks and adapters wrapped around its linears are unchanged; outside the context it runs the stock
-forward. The block layout is Llama's (SmolLM2, Llama); any other block is left alone and computes
+and skips the rest. Its class is swapped in place for a subclass (and its attention's for
+`fused.FusedLlamaAttention`, which can query one position), so parameters, state-dict keys, hooks
+and adapters wrapped around its linears are unchanged; outside the context it runs the stock forward. The block layout is Llama's (SmolLM2, Llama); any other block is left alone and computes
 everything, which gives the same scores.
 """
 
@@ -21,7 +21,7 @@ from contextvars import ContextVar
 import torch
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
 
-from .fused import ATTENTION, FusedLlamaAttention, pop_cache, rotary
+from .fused import ATTENTION, FusedLlamaAttention
 
 _ACTIVE: ContextVar[bool] = ContextVar("recpeft_last_position", default=False)
 
@@ -38,28 +38,12 @@ class LastPositionLlamaLayer(LlamaDecoderLayer):
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, last_position_only=False,
                 **kwargs):
-        attn = self.self_attn
-        attention = ATTENTION.get(attn.config._attn_implementation)
-        if not last_position_only or attention is None:
+        if not last_position_only:
             return super().forward(hidden_states, attention_mask=attention_mask,
                                    position_embeddings=position_embeddings, **kwargs)
-        cache = pop_cache(kwargs)
-        batch, length, _ = hidden_states.shape
-        normed = self.input_layernorm(hidden_states)
-        # contiguous: on a strided view, matmul picks its kernel by whether the weight requires grad, so a
-        # trained adapter and the same adapter reloaded frozen would round differently
-        query = attn.q_proj(normed[:, -1:].contiguous()).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-        key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-        query, key = rotary(query, cos[:, :, -1:], sin[:, :, -1:]), rotary(key, cos, sin)
-        if cache is not None:
-            key, value = cache.update(key, value, attn.layer_idx)
-        if attention_mask is not None:
-            attention_mask = attention_mask[:, :, -1:]  # the last query's row
-        out, _ = attention(attn, query, key, value, attention_mask,
-                           dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling)
-        hidden = hidden_states[:, -1:] + attn.o_proj(out.reshape(batch, 1, -1).contiguous())
+        out, _ = self.self_attn(self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                                position_embeddings=position_embeddings, last_query_only=True, **kwargs)
+        hidden = hidden_states[:, -1:] + out
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -78,6 +62,7 @@ def last_position(model):
     block is narrowed: False for a layout other than Llama's or an attention other than sdpa or eager."""
     block = _last_block(model)
     if type(block) is LlamaDecoderLayer and type(block.self_attn) in (LlamaAttention, FusedLlamaAttention):
+        block.self_attn.__class__ = FusedLlamaAttention  # the attention that can query one position
         block.__class__ = LastPositionLlamaLayer
     if not (isinstance(block, LastPositionLlamaLayer) and block.self_attn.config._attn_implementation in ATTENTION):
         yield False
