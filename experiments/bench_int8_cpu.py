@@ -1,5 +1,5 @@
 """An 8-bit base on the CPU, evaluated two ways: bitsandbytes' own inference layers against
-recpeft.int8.FrozenInt8Linear (the dequantise + F.linear function bitsandbytes trains through).
+recpeft.quantised.FrozenInt8Linear (the dequantise + F.linear function bitsandbytes trains through).
 
     python experiments/bench_int8_cpu.py [--model smollm2-135m] [--batch 8] [--tokens 110] [--repeats 3]
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     import bitsandbytes as bnb
 
-    from recpeft.int8 import FrozenInt8Linear
+    from recpeft.quantised import FrozenInt8Linear
     from recpeft.models import load_base
     from recpeft.runtime import default_threads
 

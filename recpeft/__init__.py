@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from . import quiet  # noqa: E402  (before any library that prints is imported)
+
+quiet.install()
+
 from .config import TrainConfig, build_config  # noqa: E402
 from .errors import UserError  # noqa: E402
 

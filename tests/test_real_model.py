@@ -1,6 +1,7 @@
 """The real default model, end to end: pull (or reuse the cache), two training steps, score."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.slow
 def test_default_model_pulls_trains_two_steps_and_scores(tmp_path):
     folder = pull(DEFAULT_MODEL)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600 (issue 14)
     cfg = TrainConfig(domain="news", output_dir=str(tmp_path / "news"), max_steps=2, batch_size=4, eval_every=2,
                       eval_samples=16, test_samples=16, patience=0, threads=2, runs_dir=str(tmp_path / "runs"))
     result = train(cfg, show_progress=False)

@@ -154,3 +154,19 @@ def test_length_groups_bound_padding_and_batch_size():
     computed = sum(len(g) * max(lengths[i] for i in g) for g in groups)
     assert computed <= 1.1 * sum(lengths)
     assert length_groups([5] * 10, batch_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("folder_name", ["news-v1.2", "my adapter", "nouvelles-é-ß-新闻", "a.b.c"])
+def test_a_folder_name_never_matters(folder_name, tiny_adapters, tmp_path):
+    """peft refuses adapter names with "."; recpeft names adapters inside peft itself (issue 14)."""
+    cands = ITEMS[10:20]
+    want = recpeft.load(tiny_adapters["news"]).score(HISTORY, cands)
+    renamed = tmp_path / folder_name
+    shutil.copytree(tiny_adapters["news"], renamed)
+    assert recpeft.load(renamed).score(HISTORY, cands) == pytest.approx(want, abs=1e-6)
+    # several such names on one base, with the AdaLoRA and bottleneck adapters beside it
+    other = tmp_path / f"{folder_name}.video"
+    shutil.copytree(tiny_adapters["video"], other)
+    recs = recpeft.load_many({folder_name: renamed, other.name: other, "x.adapter": tiny_adapters["ecommerce"]})
+    assert recs[folder_name].score(HISTORY, cands) == pytest.approx(want, abs=1e-6)
+    assert set(recs) == {folder_name, other.name, "x.adapter"}
