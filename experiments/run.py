@@ -15,6 +15,7 @@ for preference/click, <out>/<NAME>-roc.png. <out> defaults to experiments/result
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -106,7 +107,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
                    "valid_base": _split(m, "valid", base=True), "test": _split(m, "test"),
                    "test_base": _split(m, "test", base=True), "best_step": m["best_step"], "steps": m["steps"],
                    "train_examples": m["train_examples"], "history": result.history, "losses": result.losses,
-                   "adapter": result.output_dir}
+                   "adapter": result.output_dir, "seconds_per_micro_batch": m["seconds_per_micro_batch"],
+                   "privacy": m.get("privacy")}
             outputs[run_name] = result.test_outputs
             if spec.get("cold_samples") and cfg.task == "ranking":
                 row["cold_test"], row["cold_test_base"] = cold_slice(cfg, result, spec["cold_samples"])
@@ -126,6 +128,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
         results["complete"] = True
         write_json_atomic(out / f"{name}.json", results)
+    if "privacy_utility" in spec.get("plots", []):
+        results["privacy_utility"] = privacy_utility(results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
     write_json_atomic(out / f"{name}.json", results)
     print(f"[experiments] wrote {out / f'{name}.json'}")
@@ -189,9 +193,10 @@ def cold_slice(cfg, result, limit: int) -> tuple[dict[str, Any], dict[str, Any]]
     cold = task.cold_eval_set("test", limit)
     if not len(cold):  # e.g. the embedded samples: every item there has many interactions
         return {"n": 0}, {"n": 0}
-    tuned = task.evaluate(result.model, cold, batch_size=cfg.batch_size * 2).metrics
+    batch_size = result.metrics["batch_size"] * 2  # the trainer's evaluation batch (--batch-size 0 resolved)
+    tuned = task.evaluate(result.model, cold, batch_size=batch_size).metrics
     with get_method(cfg.method).disabled(result.model):
-        base = task.evaluate(result.model, cold, batch_size=cfg.batch_size * 2).metrics
+        base = task.evaluate(result.model, cold, batch_size=batch_size).metrics
     return tuned, base
 
 
@@ -209,6 +214,29 @@ def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str,
     out.pop("n", None)
     out["n"] = metrics.get(f"{split}_n")
     return out
+
+
+def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per target ε (None = non-private): test main metric over the seeds, ε spent, and the step time
+    against the non-private run of the same seed (DP's overhead: per-example gradients, noise)."""
+    import statistics
+
+    trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
+    key = next((k for k in trained[0]["test"] if k != "n"), "auc") if trained else "auc"
+    plain = {r["overrides"].get("seed"): r["seconds_per_micro_batch"] for r in trained
+             if r["overrides"].get("dp_epsilon") is None}
+    rows = []
+    for eps in sorted({r["overrides"].get("dp_epsilon") for r in trained}, key=lambda e: math.inf if e is None else e):
+        group = [r for r in trained if r["overrides"].get("dp_epsilon") == eps]
+        scores = [r["test"][key] for r in group]
+        slower = [r["seconds_per_micro_batch"] / plain[r["overrides"].get("seed")] for r in group
+                  if plain.get(r["overrides"].get("seed"))]
+        rows.append({"epsilon": eps, "metric": key, "mean": statistics.fmean(scores),
+                     "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": len(scores),
+                     "test_n": group[0]["test"]["n"],
+                     "epsilon_spent": [r["privacy"]["epsilon_spent"] for r in group if r.get("privacy")],
+                     "step_time_vs_non_private": statistics.fmean(slower) if slower else None})
+    return rows
 
 
 def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str, dict[str, list]],
@@ -232,6 +260,20 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
         right.set(xlabel="micro-batch", ylabel="training loss", title="training loss")
         left.legend(), right.legend()
         written.append(_save(fig, out / f"{name}-learning-curve.png"))
+    if "privacy_utility" in kinds and results.get("privacy_utility"):
+        table = results["privacy_utility"]
+        labels = [f"{r['epsilon']:g}" if r["epsilon"] is not None else "∞ (no DP)" for r in table]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.errorbar(range(len(table)), [r["mean"] for r in table], yerr=[r["sd"] for r in table], marker="o",
+                    capsize=4, label="mean ± sd over seeds")
+        for i, r in enumerate(table):
+            seeds = [x["test"][r["metric"]] for x in trained if x["overrides"].get("dp_epsilon") == r["epsilon"]]
+            ax.scatter([i] * len(seeds), seeds, color="grey", s=12, zorder=3)
+        ax.set_xticks(range(len(table)), labels)
+        ax.set(xlabel="target ε (example-level, δ as recorded)", ylabel=f"test {table[0]['metric']}",
+               title=f"{name}: privacy-utility (n = {table[0]['test_n']})")
+        ax.legend()
+        written.append(_save(fig, out / f"{name}-privacy-utility.png"))
     with_labels = {k: v for k, v in outputs.items() if "labels" in v and len(set(v["labels"])) > 1}
     if "roc" in kinds and with_labels:
         from sklearn.metrics import roc_auc_score, roc_curve

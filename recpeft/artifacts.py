@@ -200,6 +200,8 @@ TASK_WORDS = {
 
 
 def model_card(meta: dict[str, Any]) -> str:
+    from .privacy import card_section
+
     m, base = meta.get("metrics", {}), meta["base_model"]
     key = m.get("main_metric", "auc")
     rows = "\n".join(
@@ -227,4 +229,4 @@ from peft import PeftModel
 base = AutoModelForCausalLM.from_pretrained("<base model folder>")
 model = PeftModel.from_pretrained(base, "<this folder>")
 ```
-"""
+""" + card_section(meta.get("privacy"))

@@ -139,8 +139,37 @@ class AdapterBank:
         self.active = name
 
     @contextlib.contextmanager
-    def use(self, name: str):
-        """Hold the model with adapter `name` active; yields the module to call."""
+    def use(self, name: str, interrupt=None):
+        """Hold the model with adapter `name` active; yields the module to call.
+
+        interrupt: a function called before every decoder layer runs; it raises (`Cancelled`) to stop
+        the call there. A thread cannot be killed, so this is how a server stops work nobody waits for.
+        """
         with self.lock:
             self._switch(name)
-            yield self.model
+            if interrupt is None:
+                yield self.model
+                return
+            interrupt()
+
+            def hook(*_):  # returns None: a pre-hook's return value would replace the layer's input
+                interrupt()
+
+            hooks = [layer.register_forward_pre_hook(hook) for layer in decoder_layers(self.model)]
+            try:
+                yield self.model
+            finally:
+                for h in hooks:
+                    h.remove()
+
+
+class Cancelled(Exception):
+    """Raised by an `interrupt` function to stop a model call between two decoder layers."""
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The model's decoder blocks (`model.model.layers` under any peft wrapper), else the model itself."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    layers = getattr(getattr(base, "model", None), "layers", None)
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) and len(layers) else [model]

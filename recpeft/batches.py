@@ -76,8 +76,9 @@ class LengthBucketSampler:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
-def collate(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(r.input_ids) for r in rows)
+def collate(rows: list[Encoded], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-padded batch; the width is rounded up to `multiple` (recpeft.gpu.pad_multiple: 8 on CUDA)."""
+    width = -(-max(len(r.input_ids) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -99,7 +100,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def loader(rows: list[Encoded], batch_size: int, shuffle: bool, pad_id: int, seed: int = 0):
+def loader(rows: list[Encoded], batch_size: int, shuffle: bool, pad_id: int, seed: int = 0, multiple: int = 1):
     sampler = LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle, seed)
     return torch.utils.data.DataLoader(EncodedDataset(rows), batch_sampler=sampler,
-                                       collate_fn=lambda b: collate(b, pad_id))
+                                       collate_fn=lambda b: collate(b, pad_id, multiple))

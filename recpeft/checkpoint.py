@@ -8,7 +8,8 @@
   adalora.safetensors    AdaLoRA only: the rank allocator's running importance scores
   state.json             the rest: format, config, data position (epoch, micro-batches done in it),
                          step, best AUC/step, history, losses, optimiser param groups, scheduler
-                         state, python RNG, numpy RNG scalars, AdaLoRA rank pattern, fingerprints
+                         state, python RNG, numpy RNG scalars, AdaLoRA rank pattern, fingerprints,
+                         DP accountant history (--dp-epsilon)
 Each folder is built as a temporary sibling and renamed into place (artifacts.write_dir_atomic), and
 old ones are renamed away before deletion, so a kill at any moment leaves only whole checkpoints.
 """
@@ -38,7 +39,8 @@ FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 TENSOR_FILES = ("weights", "best", "optimizer", "rng")
 # Keys that may differ between a run and its resumption: where things go and how often, not what is computed.
-RUN_KEYS = frozenset({"resume", "checkpoint_every", "keep_checkpoints", "runs_dir", "threads", "output_dir"})
+RUN_KEYS = frozenset({"resume", "checkpoint_every", "keep_checkpoints", "runs_dir", "threads", "output_dir",
+                      "log_with"})
 
 
 @dataclass
@@ -89,6 +91,11 @@ def _read_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "config" not in state:
         raise UserError(f"not a recpeft checkpoint of format {FORMAT_VERSION}", str(state_path))
     return state
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json (UserError if missing or damaged), without its tensors."""
+    return _read_state(Path(path))
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:

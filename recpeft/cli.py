@@ -14,6 +14,7 @@ import typer
 from .config import DOMAINS, METHODS, TASKS, TrainConfig, build_config
 from .errors import ERROR_PREFIX, Interrupted, UserError
 from .cli_use import _opt, baselines, eval_cmd, merge, recommend, serve, verify
+from .runs import runs_cmd
 
 app = typer.Typer(
     help="Parameter-efficient fine-tuning of decoder LLMs for recommendation (LoRA adapters per domain).",
@@ -47,7 +48,11 @@ def train(
                                           "flags (snake_case); flags override it."),
     max_steps: Optional[int] = _opt(_D.max_steps, "Optimiser steps; 0 = run --epochs full passes.", "--max-steps"),
     epochs: Optional[int] = _opt(_D.epochs, "Passes over the training examples when --max-steps is 0.", "--epochs"),
-    batch_size: Optional[int] = _opt(_D.batch_size, "Examples per micro-batch and process.", "--batch-size"),
+    batch_size: Optional[int] = _opt("0 = auto", "Examples per micro-batch and process; 0 = auto: 8 on the CPU, on "
+                                     "CUDA as many as fit --batch-tokens.", "--batch-size"),
+    batch_tokens: Optional[int] = _opt(_D.batch_tokens, "With --batch-size 0 on CUDA: tokens per micro-batch at "
+                                       "the 95th-percentile prompt length (a power-of-two batch, at most 128).",
+                                       "--batch-tokens"),
     grad_accum: Optional[int] = _opt(_D.grad_accum, "Micro-batches per optimiser step.", "--grad-accum"),
     lr: Optional[float] = _opt(_D.lr, "Peak learning rate (AdamW, linear warm-up, cosine decay).", "--lr"),
     weight_decay: Optional[float] = _opt(_D.weight_decay, "AdamW weight decay on matrices.", "--weight-decay"),
@@ -102,6 +107,16 @@ def train(
                                    "--runs-dir"),
     resume: Optional[str] = _opt("off", "Continue a run exactly: 'latest' (newest checkpoint of this domain with "
                                  "the same settings) or a checkpoint/run folder.", "--resume"),
+    log_with: Optional[str] = _opt(_D.log_with, "Training logs: tensorboard (loss, learning rate, validation "
+                                   "metrics, tokens/s, memory under RUNS_DIR/<domain>/<run-id>/tensorboard/) or "
+                                   "none.", "--log-with"),
+    dp_epsilon: Optional[float] = _opt("off", "Differential privacy: train with DP-SGD (opacus) to this target ε "
+                                       "of example-level (ε, δ)-DP; lora or adapter, one process (see README).",
+                                       "--dp-epsilon"),
+    dp_delta: Optional[float] = _opt("1e-5 or 1/(10 N)", "With --dp-epsilon: δ, below 1/N (N = training "
+                                     "examples).", "--dp-delta"),
+    dp_max_grad_norm: Optional[float] = _opt(_D.dp_max_grad_norm, "With --dp-epsilon: per-example gradient "
+                                             "clipping norm.", "--dp-max-grad-norm"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, the examples per split and "
                                  "the trainable/total parameters; train and write nothing."),
 ) -> None:
@@ -112,7 +127,7 @@ def train(
     cfg = build_config(
         config, domain=domain, model=model, method=method, data=data, format=data_format, on_bad_rows=on_bad_rows,
         output_dir=output_dir, task=task, train_samples=train_samples, negatives=negatives,
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, batch_tokens=batch_tokens, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, target_modules=target_modules, history_len=history_len,
         eval_every=eval_every, eval_samples=eval_samples, test_samples=test_samples, base_test=base_test, item_stats=item_stats, patience=patience,
@@ -120,6 +135,7 @@ def train(
         orth_reg_weight=orth_reg_weight, reduction_factor=reduction_factor, non_linearity=non_linearity,
         placement=placement, bits=bits, gradient_checkpointing=gradient_checkpointing, num_processes=num_processes,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, runs_dir=runs_dir, resume=resume,
+        log_with=log_with, dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm,
     )
     if dry_run:
         from .config import dump_yaml
@@ -136,9 +152,11 @@ def train(
         from .launch import launch
 
         sys.exit(launch(cfg))
+    from .launch import reporting_interrupts
     from .trainer import train as run_training
 
-    result = run_training(cfg)
+    with reporting_interrupts():  # a worker of --num-processes: the command the user ran reports a Ctrl-C
+        result = run_training(cfg)
     if result.output_dir is None and result.metrics.get("steps") is None:
         return
     _print_summary(cfg, result)
@@ -164,6 +182,11 @@ def _print_summary(cfg: TrainConfig, result) -> None:
     if "rank_budget" in m:
         print(f"  AdaLoRA rank budget {m['rank_budget']['init']} -> {m['rank_budget']['final']} "
               f"over {len(m['ranks'])} layers")
+    if "privacy" in m:
+        p = m["privacy"]
+        print(f"  differential privacy: ({p['epsilon_spent']:.3g}, {p['delta']:.3g})-DP per training example "
+              f"(target ε {p['epsilon_target']:g}; noise multiplier {p['noise_multiplier']:.3g}, clipping norm "
+              f"{p['max_grad_norm']:g}, sampling rate {p['sample_rate']:.3g}, {p['steps']} steps)")
     if result.output_dir:
         print(f"  adapter written to {result.output_dir}/")
 
@@ -193,7 +216,7 @@ def models_pull(
 
 
 for _name, _verb in (("eval", eval_cmd), ("verify", verify), ("baselines", baselines), ("recommend", recommend),
-                     ("merge", merge), ("serve", serve)):
+                     ("merge", merge), ("serve", serve), ("runs", runs_cmd)):
     app.command(_name)(_verb)
 
 

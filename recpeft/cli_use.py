@@ -156,6 +156,9 @@ def merge(
     r = combine_adapters(paths, values or [1.0 / len(paths)] * len(paths), out, force=force)
     parts = " + ".join(f"{s['weight']:g} x {s['path']}" for s in r["sources"])
     print(f"combined {parts} into the LoRA adapter {r['out']}/")
+    if r["privacy"]:
+        print(f"differential privacy by basic composition: ({r['privacy']['epsilon']:.3g}, "
+              f"{r['privacy']['delta']:.3g})-DP per training example")
 
 
 def _floats(text: str) -> list[float]:
@@ -184,8 +187,23 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
+    max_queue: int = typer.Option(32, "--max-queue", min=1, help="Requests that may wait for the model; "
+                                  "beyond that a request gets 503 with a Retry-After header."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.01, help="Seconds a request may wait and run; "
+                                  "then it gets 504 and its model work is stopped."),
+    batching: bool = typer.Option(True, "--batch/--no-batch", help="Score concurrent requests for one adapter "
+                                  "together (micro-batches) instead of one at a time."),
+    max_batch: int = typer.Option(512, "--max-batch", min=1, help="Most candidates scored in one micro-batch."),
+    max_body: int = typer.Option(256 * 1024, "--max-body", min=1024, help="Largest request body in bytes, "
+                                 "chunked or not (413 beyond)."),
+    client_timeout: float = typer.Option(10.0, "--client-timeout", min=0.01, help="Seconds a client may take to "
+                                         "send a request's headers, and again its body (408 beyond)."),
+    max_connections: int = typer.Option(256, "--max-connections", min=1, help="Open connections at once; "
+                                        "beyond it uvicorn answers 503 (a backstop against many slow clients)."),
 ) -> None:
     """Serve the adapters over HTTP (FastAPI; OpenAPI docs at /docs), one shared base model."""
-    from .serve import run
+    from .serve import Limits, run
 
-    run(adapters, host, port, bits=bits)
+    run(adapters, host, port, bits=bits, limits=Limits(max_queue=max_queue, timeout=timeout, max_body=max_body,
+                                                      client_timeout=client_timeout, batching=batching,
+                                                      max_batch=max_batch, max_connections=max_connections))

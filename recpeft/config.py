@@ -22,6 +22,7 @@ DOMAINS = ("ecommerce", "video", "news")
 METHODS = ("lora", "adalora", "adapter")
 BITS = (0, 4, 8, 16, 32)
 TASKS = ("preference", "click", "rating", "ranking", "interests", "instruction")
+LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/tracking.py)
 
 
 @dataclass
@@ -41,7 +42,8 @@ class TrainConfig:
     # optimisation
     max_steps: int = 48  # > 0 caps the run; 0 = run `epochs` full passes
     epochs: int = 1
-    batch_size: int = 8
+    batch_size: int = 0  # 0 = auto: 8 on the CPU; on CUDA as many as fit batch_tokens (recpeft/gpu.py)
+    batch_tokens: int = 16384  # --batch-size 0 on CUDA: micro-batch tokens at the 95th-percentile prompt length
     grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -88,6 +90,12 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept per run
     runs_dir: str = "runs"
     resume: str | None = None  # "latest" or a checkpoint (or run) folder
+    # training logs (recpeft/tracking.py): tensorboard = scalars under <run folder>/tensorboard/; none = no events
+    log_with: str = "tensorboard"
+    # differential privacy (recpeft/privacy.py): DP-SGD through opacus when dp_epsilon is set
+    dp_epsilon: float | None = None  # target ε of example-level (ε, δ)-DP; None = off
+    dp_delta: float | None = None  # None = 1e-5, or 1/(10 N) when smaller (N = training examples)
+    dp_max_grad_norm: float = 1.0  # per-example clipping norm C
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("adapters") / self.domain
@@ -100,7 +108,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 # (lower bound, upper bound) for numeric fields; None = unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
-    "max_steps": (0, None), "epochs": (1, None), "batch_size": (1, 4096), "grad_accum": (1, 4096),
+    "max_steps": (0, None), "epochs": (1, None), "batch_size": (0, 4096), "batch_tokens": (1, None), "grad_accum": (1, 4096),
     "lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (0.0, None),
     "seed": (0, 2**32 - 1), "lora_r": (1, 4096), "lora_alpha": (1, None), "lora_dropout": (0.0, 0.99),
     "history_len": (1, 200), "max_length": (32, 1_000_000), "eval_every": (1, None),
@@ -112,7 +120,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 CHOICES = {"domain": DOMAINS, "method": METHODS, "task": TASKS, "bits": BITS,
            "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer"),
-           "format": tuple(DATA_FORMATS), "on_bad_rows": ON_BAD_ROWS}
+           "format": tuple(DATA_FORMATS), "on_bad_rows": ON_BAD_ROWS, "log_with": LOG_WITH}
 
 
 def did_you_mean(word: str, options) -> str:
@@ -123,7 +131,7 @@ def did_you_mean(word: str, options) -> str:
 def _check_value(name: str, value: Any, where: str | None) -> Any:
     """Type-check and coerce one value; raise UserError naming the key and location."""
     if value is None:
-        if name in ("data", "format", "output_dir", "target_modules", "resume"):
+        if name in ("data", "format", "output_dir", "target_modules", "resume", "dp_epsilon", "dp_delta"):
             return None
         raise UserError(f"'{name}' must not be empty", where)
     kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(FIELDS[name].type).split(" ")[0], None)
@@ -207,6 +215,9 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
     if cfg.method == "adalora" and cfg.target_r >= cfg.init_r:
         where = sourced.get("target_r", (None, None))[1]
         raise UserError(f"AdaLoRA prunes ranks: target_r ({cfg.target_r}) must be below init_r ({cfg.init_r})", where)
+    from .privacy import check_config as check_privacy
+
+    check_privacy(cfg, {key: where for key, (_, where) in sourced.items()})
     return cfg
 
 

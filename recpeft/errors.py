@@ -18,9 +18,10 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped training; `checkpoint` is the folder saved at `step` (None if nothing was saved)."""
+    """Ctrl-C stopped training; `checkpoint` is the folder saved at `step` (None if nothing was saved).
+    `together`: every process of the run stopped at that step (the loop's stop), none was cut short."""
 
-    def __init__(self, step: int, checkpoint: str | None):
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: str | None, together: bool = False):
+        self.step, self.checkpoint, self.together = step, checkpoint, together
         saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint saved"
         super().__init__(f"interrupted at step {step}; {saved}")

@@ -4,18 +4,31 @@ On CPU this must be real gloo DDP: `accelerate launch --cpu --num_processes 2` s
 process, so we use `--multi_gpu` with ACCELERATE_USE_CPU=true, which starts N gloo workers.
 Multi-machine runs: call `accelerate launch` yourself with its --num_machines/--machine_rank/
 --main_process_ip options (or an `accelerate config` file) around `-m recpeft train`.
+
+Ctrl-C: torchrun, on a SIGINT, re-sends it to the workers, then fails with its own report and
+traceback whatever they do. So the launcher runs in a session of its own (a terminal's Ctrl-C reaches
+only this process), and this process hands each SIGINT to the workers once; they agree on a step,
+rank 0 checkpoints and notes it in the interrupt file, all exit 0, and the user's command reports it
+and exits 130.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from .config import TrainConfig, dump_yaml
+from .errors import Interrupted
 from .models import resolve
+
+INTERRUPT_FILE = "RECPEFT_INTERRUPT_FILE"  # env: where a worker's rank 0 notes a Ctrl-C for `launch`
 
 
 def launch_command(cfg: TrainConfig, config_path: str) -> list[str]:
@@ -46,7 +59,65 @@ def launch(cfg: TrainConfig) -> int:
         path = Path(tmp) / "train.yaml"
         path.write_text(dump_yaml(cfg), encoding="utf-8")
         dry_run_first(str(path))
-        return subprocess.run(launch_command(cfg, str(path)), env=env).returncode
+        report = Path(tmp) / "interrupted.json"
+        code, interrupted = run_launcher(launch_command(cfg, str(path)), {**env, INTERRUPT_FILE: str(report)})
+        if report.is_file():
+            state = json.loads(report.read_text(encoding="utf-8"))
+            raise Interrupted(state["step"], state["checkpoint"])
+        if interrupted and code:  # a Ctrl-C outside the training loop: nothing new to resume from
+            raise KeyboardInterrupt
+        return code
+
+
+def run_launcher(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run the launcher in its own session until it exits: (its exit code, whether a SIGINT came).
+
+    A SIGINT goes to the workers (the launcher's children), once each; before they exist, to the launcher.
+    SIGTERM and SIGHUP go to the launcher, which stops the workers.
+    """
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    interrupted = False
+
+    def forward(signum, frame) -> None:
+        nonlocal interrupted
+        targets = [proc.pid]
+        if signum == signal.SIGINT:
+            interrupted = True
+            with contextlib.suppress(psutil.Error):
+                targets = [w.pid for w in psutil.Process(proc.pid).children()] or targets
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()  # where signal handlers live
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main}
+    try:
+        return proc.wait(), interrupted
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def reporting_interrupts():
+    """Around training in a worker that `launch` started: when all processes stopped together at a step
+    on a Ctrl-C, rank 0 notes the step and checkpoint in the interrupt file and every worker exits 0 (a
+    non-zero code would make torchrun kill the others and print its failure report); the user's command
+    reports it once. A Ctrl-C outside the loop still exits 130: a process may be stuck in a collective
+    with the one that left, and torchrun must stop it. Elsewhere it does nothing."""
+    path = os.environ.get(INTERRUPT_FILE)
+    try:
+        yield
+    except Interrupted as exc:
+        if not (path and exc.together and "WORLD_SIZE" in os.environ):
+            raise
+        if os.environ.get("RANK") == "0":
+            from .artifacts import write_json_atomic
+
+            write_json_atomic(Path(path), {"step": exc.step, "checkpoint": exc.checkpoint})
+        raise SystemExit(0) from None
 
 
 def dry_run_first(config_path: str) -> None:

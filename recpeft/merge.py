@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .artifacts import check_adapter_dir, check_writable, read_meta, save_adapter_dir, write_dir_atomic
 from .errors import UserError
+from .privacy import compose, composed_card
 
 MERGE_INFO = "recpeft_merged.json"
 
@@ -73,7 +74,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, force: bool = False) -> 
     diff = float((after - before).abs().max())
     info = {"recpeft_version": __version__, "merged_from": str(adapter), "domain": meta["domain"],
             "method": meta["method"], "base_model": meta["base_model"], "max_abs_logit_diff": diff,
-            "prompt_template": meta.get("prompt_template"), "verbalizer": meta.get("verbalizer")}
+            "prompt_template": meta.get("prompt_template"), "verbalizer": meta.get("verbalizer"),
+            "privacy": meta.get("privacy")}  # baking in is post-processing: the adapter's guarantee carries over
 
     def write(folder: Path) -> None:
         merged.save_pretrained(folder, safe_serialization=True)
@@ -110,6 +112,7 @@ def combine_adapters(adapters: list[str | Path], weights: list[float], out: str 
         if m["base_model"].get("fingerprint") != first["base_model"].get("fingerprint"):
             raise UserError(f"{paths[0]} and {p} were trained on different base models "
                             f"('{first['base_model'].get('name')}' vs '{m['base_model'].get('name')}')")
+    dp = compose(paths, metas)  # the combined guarantee, or a refusal, before the base model loads
     out = Path(out)
     check_writable(out)
     base, tok, _ = load_base(first["base_model"]["name"], bits=32)
@@ -117,19 +120,20 @@ def combine_adapters(adapters: list[str | Path], weights: list[float], out: str 
         check_base(base, p, tok, force)
     names = [f"source{i}" for i in range(len(paths))]
     bank = AdapterBank(base, dict(zip(names, paths)))
-    bank.peft.add_weighted_adapter(names, [float(w) for w in weights], "default", combination_type="cat")
+    bank.peft.add_weighted_adapter([bank.slots[n] for n in names], [float(w) for w in weights], "default",
+                                   combination_type="cat")
     sources = [{"path": str(p), "domain": m["domain"], "method": m["method"], "weight": float(w)}
                for p, m, w in zip(paths, metas, weights)]
     meta = {key: first[key] for key in ("domain", "task", "positive_verb", "prompt_template", "verbalizer",
                                         "base_model", "train_config") if key in first}
     meta.update({"recpeft_version": __version__, "method": "lora",
                  "combination": {"combination_type": "cat", "sources": sources},
-                 "metrics": {"bits": 32}})
+                 "metrics": {"bits": 32}, "privacy": dp})
     rows = "\n".join(f"| `{s['path']}` | {s['domain']} | {s['method']} | {s['weight']:g} |" for s in sources)
     card = (f"# recpeft adapter: combination of {len(sources)} adapters\n\nA LoRA adapter for "
             f"`{first['base_model']['name']}` whose weight update is the weighted sum of these adapters' "
             f"updates (peft `add_weighted_adapter`, `cat`, exact). Prompts use the `{first['domain']}` wording.\n\n"
-            f"| source | domain | method | weight |\n|---|---|---|---|\n{rows}\n")
+            f"| source | domain | method | weight |\n|---|---|---|---|\n{rows}\n") + composed_card(dp)
     save_adapter_dir(lambda folder: bank.peft.save_pretrained(folder, selected_adapters=["default"],
                                                               safe_serialization=True), out, meta, card)
-    return {"out": str(out), "sources": sources}
+    return {"out": str(out), "sources": sources, "privacy": dp}

@@ -172,18 +172,21 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     """Load the frozen base causal LM and its tokenizer. Returns (model, tokenizer, source).
 
     bits: 32 (fp32), 16 (bf16), 8 or 4 (bitsandbytes int8 / nf4; each process keeps its own quantised
-    copy on its own device).
+    copy on its own device). device: where the model goes (a CUDA index or "cuda:N", or "cpu"); default
+    the first GPU when there is one, at every precision, else the CPU.
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     source = resolve(name_or_path)
     tok = load_tokenizer(source)
-    # use_safetensors: weights are never unpickled; a folder or hub repo with only *.bin files is refused
-    on_cuda = torch.cuda.is_available()
+    if device is None:
+        device = 0 if torch.cuda.is_available() else "cpu"
+    on_cuda = torch.device(f"cuda:{device}" if isinstance(device, int) else device).type == "cuda"
     # Quantised on CUDA: what stays unquantised (embeddings, norms) and the activations are bf16. On CPU,
     # fp32: bitsandbytes' CPU kernels and most CPUs are slow in bf16.
     half = bits == 16 or (bits in (4, 8) and on_cuda)
+    # use_safetensors: weights are never unpickled; a folder or hub repo with only *.bin files is refused
     kwargs: dict = {"attn_implementation": "sdpa", "dtype": torch.bfloat16 if half else torch.float32,
                     "use_safetensors": True}
     if bits in (4, 8):
@@ -191,7 +194,8 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute))
-        kwargs["device_map"] = {"": device if device is not None else (0 if on_cuda else "cpu")}
+    if bits in (4, 8) or on_cuda:  # loaded straight onto the device; a CPU fp32/bf16 load stays as it was
+        kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -199,13 +203,20 @@ def load_base(name_or_path: str, bits: int = 32, device=None):
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
-    if bits in (4, 8) and not on_cuda:
-        from .quantised import use_on_cpu
+    if bits in (4, 8):
+        from .quantised import use_frozen
 
-        use_on_cpu(model)
-    from .fused import use_fused
+        use_frozen(model)  # de-quantise + F.linear, keeping no layer input (see quantised.py)
+    applied = []
+    if on_cuda:
+        from .gpu import configure
 
-    use_fused(model)  # RMSNorm and rotary embeddings with hand-written backward passes (Llama family)
+        applied = configure(model)  # attention backend, liger-kernel when installed (see gpu.py)
+    if not any(a.startswith("liger") for a in applied):
+        from .fused import use_fused
+
+        use_fused(model)  # RMSNorm and rotary embeddings with hand-written backward passes (Llama family)
+    model.recpeft_kernels = applied
     # The loader's freed full-precision copies stay in the heap; give them back (see runtime.py).
     release_memory()
     return model, tok, source

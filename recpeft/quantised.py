@@ -1,4 +1,4 @@
-"""A quantised frozen base on the CPU (8- and 4-bit): dequantise the weight, `F.linear`, on every CPU.
+"""A quantised frozen base (8-bit on CPU and CUDA, 4-bit on CPU): dequantise the weight, `F.linear`.
 
 8-bit. On the CPU, bitsandbytes trains through `MatMul8bitFp`: dequantise the int8 weight, `F.linear`.
 Its forward also stores the layer's input for a weight gradient. A frozen base never asks for one, yet
@@ -16,11 +16,19 @@ eval-mode forward repacks the weight in place for a fused bf16 kernel, which cra
 through. Elsewhere it does not. Here both CPUs run the training function, so a CPU feature never
 changes a score.
 
+On CUDA, bitsandbytes' int8 layers run `MatMul8bitLt` in training too: it quantises every input
+row to int8 and keeps a fp16 copy of each layer's input, so an 8-bit run's peak on the H200 was above
+the bf16 run's (22.7 against 19.8 GiB at batch 64, issue 15) and slower. `FrozenInt8Linear` runs there
+as on the CPU: the int8 weight de-quantised to the activations' dtype (bf16) into a reused buffer, one
+bf16 GEMM, nothing kept; weights stay int8 in memory. bitsandbytes' CUDA nf4 path already de-quantises
+and is left alone.
+
 `FrozenInt8Linear` / `FrozenNF4Linear` compute that one function, train and eval alike, with the same
 input gradient, and save nothing for the backward pass but a reference to the layer (whose quantised
 weight exists anyway). The int8 weight is de-quantised into one buffer per shape; the 4-bit one into a
-fresh tensor (bitsandbytes has no CPU `out=` variant for it). Swapped in by class, so peft still sees a `Linear8bitLt` / `Linear4bit`; a CUDA
-input (or trainable fp16 int8 weights) goes to bitsandbytes' own path.
+fresh tensor (bitsandbytes has no CPU `out=` variant for it). Trainable fp16 int8 weights (not recpeft's
+frozen base) go to bitsandbytes' own path. Swapped in by class, so peft still sees a `Linear8bitLt` /
+`Linear4bit`.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ class _FrozenMatmul(torch.autograd.Function):
 
 
 class FrozenInt8Linear(bnb.nn.Linear8bitLt):
-    """A frozen Linear8bitLt that on the CPU dequantises and saves no activations (see the module doc)."""
+    """A frozen Linear8bitLt that dequantises and saves no activations, on CPU and CUDA (see the module doc)."""
 
     def dequantised(self, dtype: torch.dtype) -> torch.Tensor:
         cb, scb = self.state.CB, self.state.SCB
@@ -73,7 +81,7 @@ class FrozenInt8Linear(bnb.nn.Linear8bitLt):
         return _buffer(cb.shape, dtype, cb.device).copy_(cb).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.state.has_fp16_weights:  # CUDA, or trainable fp16 weights
+        if self.state.has_fp16_weights:  # trainable fp16 weights: not a frozen base
             return super().forward(x)
         if self.weight.CB is not None:  # first call: bitsandbytes moves the int8 weight into .state
             self.init_8bit_state()
@@ -109,8 +117,8 @@ class FrozenNF4Linear(bnb.nn.Linear4bit):
 _SWAPS = {bnb.nn.Linear8bitLt: FrozenInt8Linear, bnb.nn.Linear4bit: FrozenNF4Linear}
 
 
-def use_on_cpu(model) -> int:
-    """Swap every bitsandbytes Linear8bitLt / Linear4bit of `model` for its frozen CPU class. Returns how many."""
+def use_frozen(model) -> int:
+    """Swap every bitsandbytes Linear8bitLt / Linear4bit of `model` for its frozen class. Returns how many."""
     n = 0
     for module in model.modules():
         swap = _SWAPS.get(type(module))

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .batches import Encoded, LengthBucketSampler, collate
+from .gpu import pad_multiple
 from .last_position import last_position
+from .sharding import shared_map
 
 # The answer rows of the current call. A context variable, not module state: another thread (a
 # server, a user's own code) generating text with the same model at the same time keeps a full head.
@@ -76,13 +78,20 @@ def all_answer_logits(model, rows: list[Encoded], answer_ids: list[int], pad_id:
     """[len(rows), n_answers] answer logits of every row, in input order (batched by length, eval mode)."""
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
+    device = torch.device(device or next(model.parameters()).device)
+    multiple = pad_multiple(device.type == "cuda")
     out = torch.zeros(len(rows), len(answer_ids))
-    for idx in LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False):
-        batch = collate([rows[i] for i in idx], pad_id)
-        out[idx] = answer_logits(model, {k: v.to(device) for k, v in batch.items()}, answer_ids).cpu()
+
+    def one(idx: list[int]) -> torch.Tensor:
+        batch = collate([rows[i] for i in idx], pad_id, multiple)
+        logits = answer_logits(model, {k: v.to(device) for k, v in batch.items()}, answer_ids).cpu()
         if progress is not None:
             progress.update(len(idx))
+        return logits
+
+    batches = list(LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False))
+    for idx, logits in zip(batches, shared_map(one, batches)):  # each process its share, inside sharding.across
+        out[idx] = logits
     model.train(was_training)
     return out
 

@@ -18,14 +18,18 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import __version__
 from . import checkpoint as ckpts
+from . import privacy as dp
+from . import sharding
+from . import tracking
 from .artifacts import check_can_create, check_writable, model_card, save_adapter_dir
 from .batches import loader
+from .gpu import batch_size_for, pad_multiple
 from .config import TrainConfig
 from .data.csvdir import load_data
 from .domains import get_domain
@@ -64,9 +68,10 @@ def train(cfg: TrainConfig, save: bool = True, show_progress: bool = True, dry_r
             run = Run(cfg, save, show_progress, ctrl_c)
             if dry_run:
                 return run.dry_run()
-            run.prepare()
-            run.fit()
-            return run.finish()
+            with run.tracker:  # run.json status and TensorBoard logs (recpeft/tracking.py)
+                run.prepare()
+                run.fit()
+                return run.finish()
         except KeyboardInterrupt:  # a Ctrl-C outside the loop, or a second one: no new checkpoint
             if ctrl_c.checkpoint is None:
                 raise
@@ -116,13 +121,19 @@ class Run:
             check_can_create(Path(cfg.runs_dir) / cfg.domain, "runs folder")
         self.data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
         task_name(cfg.task, self.data)  # a task the data cannot do fails here, before the model loads
-        self.accelerator = accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+        self.privacy = dp.for_run(cfg, self.data, self.domain)  # DP-SGD or None; δ >= 1/N fails here too
+        self.bits = resolve_bits(cfg.bits)
+        # On CUDA a 16/8/4-bit base runs under bf16 autocast: the adapter keeps fp32 weights (peft's default)
+        # but its matmuls run in bf16 like the base's (they ran as fp32 GEMMs on the H200, issue 15).
+        mixed = "bf16" if torch.cuda.is_available() and self.bits != 32 else "no"
+        self.accelerator = accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
+                                                     **tracking.accelerator_kwargs(cfg, save))
+        self.tracker = tracking.Tracker(accelerator, cfg, save)
         self.main = accelerator.is_main_process
         torch.set_num_threads(_threads(cfg, accelerator.num_processes))
         set_seed(cfg.seed)
 
         self.method = get_method(cfg.method)
-        self.bits = resolve_bits(cfg.bits)
         with accelerator.main_process_first():  # the first run fetches/converts the model once, on rank 0
             model, self.tok, self.source = load_base(cfg.model, bits=self.bits, device=accelerator.local_process_index
                                                      if torch.cuda.is_available() else None)
@@ -143,8 +154,11 @@ class Run:
         self.main_key = f"valid_{task.main_metric}"
 
         self.targets = cfg.target_modules or default_targets(model)
-        self.train_loader = loader(self.train_rows, cfg.batch_size, shuffle=True, pad_id=self.tok.pad_token_id,
-                                   seed=cfg.seed)
+        on_cuda = self.accelerator.device.type == "cuda"
+        self.batch_size = batch_size_for(cfg.batch_size, cfg.batch_tokens, [len(r.input_ids) for r in self.train_rows],
+                                         on_cuda)
+        self.train_loader = loader(self.train_rows, self.batch_size, shuffle=True, pad_id=self.tok.pad_token_id,
+                                   seed=cfg.seed, multiple=pad_multiple(on_cuda))
         self.sampler = self.train_loader.batch_sampler  # kept: accelerate wraps it, set_epoch must reach it
         # Per process after accelerate shards the batches; AdaLoRA needs the total before attaching.
         self.steps_per_epoch = max(1, math.ceil(math.ceil(len(self.train_loader) / accelerator.num_processes)
@@ -156,6 +170,7 @@ class Run:
         self.n_trainable = sum(p.numel() for p in self.trainable)
         self.n_total = sum(p.numel() for p in self.model.parameters())
         self.step_seconds: list[float] = []
+        self.eval_seconds, self.eval_units = 0.0, 0  # evaluation wall time; units this process scored
 
     def dry_run(self) -> TrainResult:
         counts = {s: len(v) for s, v in self.task.splits().items()}
@@ -176,16 +191,18 @@ class Run:
         no_decay = [p for p in self.trainable if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        if self.privacy:  # opacus: per-example clipping and noise, Poisson-sampled batches (recpeft/privacy.py)
+            optimizer, self.train_loader, self.sampler = self.privacy.attach(self, optimizer)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(self.model, optimizer, self.train_loader)
         # Not prepared by accelerate on purpose: stepped once per optimiser step, whatever the process count.
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * self.total_steps),
                                                          self.total_steps)
         if self.main:
-            eff = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+            eff = self.batch_size * cfg.grad_accum * accelerator.num_processes
             print(f"[recpeft] {cfg.domain}: {len(self.train_rows)} train / {len(self.valid_rows)} valid / "
                   f"{len(self.test_rows)} test examples; {cfg.method} on a {self.bits}-bit base: "
                   f"{self.n_trainable:,} trainable of {self.n_total:,} parameters; {self.total_steps} steps, effective "
-                  f"batch {eff} = {cfg.batch_size} x {cfg.grad_accum} accumulation x {accelerator.num_processes} "
+                  f"batch {eff} = {self.batch_size} x {cfg.grad_accum} accumulation x {accelerator.num_processes} "
                   f"process(es)", flush=True)
         self.fingerprints = {"data": self.data.fingerprint(),
                              "base_config": config_fingerprint(self.unwrapped().config)}
@@ -193,6 +210,8 @@ class Run:
             self.start_new()
         else:
             self.resume()
+        self.tracker.start(self.run_dir, self.progress.step, self.total_steps, self.optimizer,
+                           self.progress.base_valid)
 
     def start_new(self) -> None:
         base_valid = self.evaluate(self.valid_rows, "valid (untrained)", base=True).metrics
@@ -203,6 +222,8 @@ class Run:
         self.best_state = self.snapshot()
         self.start_epoch, self.skip = 0, 0
         self.run_dir = ckpts.new_run_dir(self.cfg)
+        if self.accelerator.num_processes > 1:  # rank 0's name (it has its pid) on every rank
+            self.run_dir = broadcast_object_list([self.run_dir])[0]
 
     def resume(self) -> None:
         """Everything the loop carries from step to step comes back from the checkpoint."""
@@ -211,6 +232,8 @@ class Run:
         ckpts.restore(resumed, unwrapped, self.optimizer, self.scheduler,
                       adalora if self.cfg.method == "adalora" else None)
         self.progress = Progress.from_state(st)
+        if self.privacy:
+            self.privacy.restore(st.get("privacy"), str(resumed.path))
         self.best_state = ckpts.best_weights(resumed, unwrapped)
         self.start_epoch, self.skip = st["epoch"], st["batches_done"]
         self.accelerator.step = st["micro_step"]  # accelerate's gradient-accumulation counter
@@ -225,10 +248,15 @@ class Run:
     def evaluate(self, rows, what: str, base: bool = False) -> Evaluation:
         bar = tqdm(total=len(rows), desc=f"eval {what}", leave=False, disable=not (self.main and self.show_progress))
         peft_model = self.unwrapped()
-        # The untrained adapter is a no-op (LoRA B = 0); disabling it skips its extra matmuls.
-        with self.method.disabled(peft_model) if base else contextlib.nullcontext():
-            result = self.task.evaluate(peft_model, rows, batch_size=self.cfg.batch_size * 2,
+        tick = time.perf_counter()
+        # The untrained adapter is a no-op (LoRA B = 0); disabling it skips its extra matmuls. Each process
+        # scores its share of the rows and gets everyone's scores back (recpeft/sharding.py).
+        with self.method.disabled(peft_model) if base else contextlib.nullcontext(), \
+                sharding.across(self.accelerator) as share:
+            result = self.task.evaluate(peft_model, rows, batch_size=self.batch_size * 2,
                                         device=self.accelerator.device, progress=bar)
+        self.eval_seconds += time.perf_counter() - tick
+        self.eval_units += share.units
         bar.close()
         return result
 
@@ -236,9 +264,10 @@ class Run:
         """A copy of the trainable weights: the best adapter so far."""
         return {n: p.detach().clone() for n, p in self.unwrapped().named_parameters() if p.requires_grad}
 
-    def judge(self, step: int, valid_score: float) -> bool:
-        """Record a validation score; keep the adapter if it is the best so far (and say so)."""
-        progress = self.progress
+    def judge(self, step: int, valid: dict[str, float]) -> bool:
+        """Record a validation evaluation; keep the adapter if it is the best so far (and say so)."""
+        progress, valid_score = self.progress, valid[self.task.main_metric]
+        self.tracker.evaluation(step, valid)
         progress.history.append({"step": step, self.main_key: valid_score, "loss": progress.recent_loss()})
         if not self.task.better(valid_score, progress.best_auc):
             return False
@@ -257,7 +286,8 @@ class Run:
         if self.main:
             unwrapped = self.unwrapped()
             state = {"epoch": epoch, "batches_done": batches_done, "micro_step": accelerator.step,
-                     **self.progress.state(), "fingerprints": self.fingerprints}
+                     **self.progress.state(), "fingerprints": self.fingerprints,
+                     "privacy": self.privacy.state() if self.privacy else None}
             weights = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
             ckpts.save(self.run_dir, step, self.cfg.keep_checkpoints, cfg=self.cfg, optimizer=self.optimizer,
                        scheduler=self.scheduler, weights=weights, best=self.best_state, rngs=rngs, trainer_state=state,
@@ -280,10 +310,12 @@ class Run:
         tick = time.perf_counter()
         with accelerator.accumulate(model):
             loss = self.task.loss(model, batch)
+            if batch.get("dp_empty"):  # an empty Poisson batch's stand-in row: zero gradient, noise only
+                loss = loss * 0
             if hasattr(method, "extra_loss"):
                 loss = loss + method.extra_loss(accelerator.unwrap_model(model))
             accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0 and not self.privacy:  # opacus clips
                 accelerator.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
             self.optimizer.step()
             if accelerator.sync_gradients:
@@ -293,6 +325,7 @@ class Run:
             self.optimizer.zero_grad()
         self.progress.losses.append(loss.item())
         self.step_seconds.append(time.perf_counter() - tick)
+        self.tracker.micro_batch(batch, self.progress.losses[-1], self.step_seconds[-1])
 
     def fit(self) -> None:
         cfg, accelerator, progress, ctrl_c = self.cfg, self.accelerator, self.progress, self.ctrl_c
@@ -326,11 +359,13 @@ class Run:
                 progress.step += 1
                 step = progress.step
                 kill_point(f"step:{step}")
+                self.tracker.step(step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{progress.recent_loss():.4f}")
                 if step % cfg.eval_every == 0 or step == self.total_steps:
-                    valid_score = self.evaluate(self.valid_rows, f"valid @ {step}").metrics[self.task.main_metric]
-                    improved = self.judge(step, valid_score)
+                    valid = self.evaluate(self.valid_rows, f"valid @ {step}").metrics
+                    valid_score = valid[self.task.main_metric]
+                    improved = self.judge(step, valid)
                     if self.main:
                         bar.write(f"[recpeft] step {step}: loss {progress.history[-1]['loss']:.4f}  valid "
                                   f"{self.task.main_metric} {valid_score:.4f}")
@@ -341,7 +376,7 @@ class Run:
                     self.save_checkpoint(epoch, batch_idx + 1)
                 if interrupted:
                     bar.close()
-                    raise Interrupted(step, ctrl_c.checkpoint)
+                    raise Interrupted(step, ctrl_c.checkpoint, together=True)
                 if progress.stop or step >= self.total_steps:
                     break
             if progress.stop or progress.step >= self.total_steps:
@@ -350,8 +385,7 @@ class Run:
         bar.close()
         if progress.history[-1]["step"] != progress.step and not progress.stop:
             # the data ran out before total_steps: judge the last weights too
-            self.judge(progress.step, self.evaluate(self.valid_rows, f"valid @ {progress.step}").metrics[
-                self.task.main_metric])
+            self.judge(progress.step, self.evaluate(self.valid_rows, f"valid @ {progress.step}").metrics)
         if self.save:  # the end state: a crash from here on resumes straight to the test pass and the save
             self.save_checkpoint(self.epochs, 0)
 
@@ -386,9 +420,12 @@ class Run:
             f"test_{task.main_metric}": test_eval.metrics.get(task.main_metric, math.nan),
             "test_n": len(self.test_rows), "best_step": progress.best_step, "steps": progress.step,
             "train_examples": len(self.train_rows), "seconds": round(time.time() - self.start, 1),
-            "early_stopped": progress.stop, "bits": self.bits,
+            "early_stopped": progress.stop, "bits": self.bits, "batch_size": self.batch_size,
             "seconds_per_micro_batch": round(sum(self.step_seconds) / max(1, len(self.step_seconds)), 4),
+            "eval_seconds": round(self.eval_seconds, 2),
         }
+        if self.privacy:
+            metrics["privacy"] = self.privacy.record()
         if self.on_gpu:
             frozen = sum(p.numel() * p.element_size() for p in self.model.parameters() if not p.requires_grad)
             metrics["gpu_mib"] = {"frozen_weights": round(frozen / 2**20, 1),
@@ -397,6 +434,7 @@ class Run:
         local = torch.tensor([sum(p.detach().double().sum().item() for p in self.trainable)], dtype=torch.float64,
                              device=accelerator.device)
         metrics["rank_param_sums"] = accelerator.gather(local).tolist()
+        metrics["eval_units_per_process"] = gather_object([self.eval_units])  # batches (or users) each one scored
         final = self.unwrapped()
         if os.environ.get("RECPEFT_DUMP_RANK_WEIGHTS"):  # test hook: every rank's weights, to compare exactly
             from safetensors.torch import save_file
@@ -423,6 +461,7 @@ class Run:
             "data": {"name": self.data.name, "fingerprint": self.data.fingerprint()},
             # the task that ran (alpaca data turns the default preference into instruction)
             "train_config": {**cfg.to_dict(), "task": task.name}, "metrics": metrics, "history": self.progress.history,
+            "privacy": metrics.get("privacy"),  # the (ε, δ) guarantee of a --dp-epsilon run; None without
         }
         return str(save_adapter_dir(lambda folder: self.method.save(final, folder, cfg), self.out_dir, meta,
                                     model_card(meta)))

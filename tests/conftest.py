@@ -108,7 +108,8 @@ def make_adapter(tiny: Path, out: Path, method: str, domain: str = "news", seed:
 
     cfg = TrainConfig(domain=domain, model=str(tiny), output_dir=str(out), method=method, bits=32, max_steps=2,
                       eval_every=2, batch_size=4, eval_samples=4, test_samples=4, patience=0, lora_dropout=0.0,
-                      threads=1, init_r=6, target_r=2, reduction_factor=4, seed=seed)
+                      threads=1, init_r=6, target_r=2, reduction_factor=4, seed=seed,
+                      runs_dir=str(out.parent / "runs"))  # not ./runs of whatever folder pytest runs in
     train(cfg, show_progress=False)
     weights = out / "adapter_model.safetensors"
     g = torch.Generator().manual_seed(seed)

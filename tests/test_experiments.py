@@ -15,6 +15,7 @@ import run as runner  # noqa: E402
     ("ml100k_preference_shots", {"learning-curve", "roc"}),
     ("scientific_ranking", {"learning-curve"}),
     ("ml100k_interests", {"learning-curve"}),
+    ("ml100k_dp", {"privacy-utility", "learning-curve"}),
 ])
 def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path):
     results = runner.run_experiment(name, tiny=True, sets=[f"model={tiny_task_model}", "threads=1"],
@@ -39,6 +40,10 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
         for fits in saved["baselines"].values():
             assert set(fits) == set(spec["baselines"]["models"])
             assert all(f["test"]["n"] == saved["runs"][-1]["test"]["n"] for f in fits.values())
+    if name == "ml100k_dp":  # one row per target epsilon, the non-private row (None) last
+        table = saved["privacy_utility"]
+        assert [r["epsilon"] for r in table] == [1, 8, None]
+        assert table[0]["epsilon_spent"][0] <= 1 and table[0]["step_time_vs_non_private"] > 0
     if name == "scientific_ranking":  # the samples have no cold items (test_objectives covers the slice)
         assert saved["runs"][0]["cold_test"] == {"n": 0}
     if name == "ml100k_interests":

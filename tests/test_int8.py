@@ -8,7 +8,7 @@ import weakref
 import bitsandbytes as bnb
 import torch
 
-from recpeft.quantised import FrozenInt8Linear, use_on_cpu
+from recpeft.quantised import FrozenInt8Linear, use_frozen
 from recpeft.models import load_base
 
 
@@ -25,7 +25,7 @@ def _int8_layer(seed: int = 0) -> torch.nn.Module:
 
 def test_same_output_and_input_gradient_as_bitsandbytes():
     ours, theirs = _int8_layer(), _int8_layer()
-    assert use_on_cpu(ours) == 1 and isinstance(ours, bnb.nn.Linear8bitLt)
+    assert use_frozen(ours) == 1 and isinstance(ours, bnb.nn.Linear8bitLt)
     x = torch.randn(3, 5, 32)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = ours(xa), theirs(xb)
@@ -50,14 +50,14 @@ def test_the_input_is_not_kept_for_the_backward_pass():
 
     assert input_alive_after_forward(_int8_layer())  # bitsandbytes' CPU training path keeps it
     layer = _int8_layer()
-    use_on_cpu(layer)
+    use_frozen(layer)
     assert not input_alive_after_forward(layer)
 
 
 def test_inference_is_the_function_training_used():
     """bitsandbytes' CPU inference path quantises activations too; ours is the training forward."""
     ours, theirs = _int8_layer(), _int8_layer()
-    use_on_cpu(ours)
+    use_frozen(ours)
     x = torch.randn(6, 32)
     trained_through = theirs(x)  # bitsandbytes in training mode: dequantise + linear
     ours.eval()
@@ -67,8 +67,8 @@ def test_inference_is_the_function_training_used():
 
 def test_trainable_fp16_weights_stay_on_bitsandbytes_path(monkeypatch):
     frozen, trainable = _int8_layer(), bnb.nn.Linear8bitLt(32, 24, has_fp16_weights=True).to("cpu")
-    use_on_cpu(frozen)
-    use_on_cpu(trainable)
+    use_frozen(frozen)
+    use_frozen(trainable)
     calls = []
     original = bnb.nn.Linear8bitLt.forward
     monkeypatch.setattr(bnb.nn.Linear8bitLt, "forward", lambda self, x: calls.append(1) or original(self, x))

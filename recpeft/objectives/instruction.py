@@ -18,6 +18,7 @@ from ..batches import Encoded, LengthBucketSampler, collate, fit
 from ..data.schema import Instruction
 from ..errors import UserError
 from ..prompts import TEXT_SYSTEM, answer_token_ids
+from ..sharding import shared_map
 from ..tasks import instruction_splits
 from . import EvalSet, Evaluation, Task
 from .interests import answer_loss, generate
@@ -37,12 +38,15 @@ def mean_answer_loss(model, rows: list[Encoded], pad_id: int, batch_size: int = 
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for idx in LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False):
+
+    def one(idx: list[int]) -> tuple[float, int]:
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad_id).items()}
         n = int(batch["labels"].sum())
-        total += answer_loss(model, batch).item() * n
-        tokens += n
+        return answer_loss(model, batch).item() * n, n
+
+    batches = list(LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False))
+    sums = shared_map(one, batches)  # each process its share, inside sharding.across; summed in batch order
+    total, tokens = sum(s for s, _ in sums), sum(n for _, n in sums)
     model.train(was_training)
     return total / tokens if tokens else math.nan
 

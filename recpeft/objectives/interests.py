@@ -16,6 +16,7 @@ from ..batches import Encoded, LengthBucketSampler, collate, fit
 from ..errors import UserError
 from ..metrics import set_metrics
 from ..prompts import TEXT_SYSTEM, interests_message, interests_target, parse_interests
+from ..sharding import shared_map
 from ..tasks import interests_examples, item_categories, top_categories
 from . import EvalSet, Evaluation, Task
 
@@ -43,16 +44,20 @@ def generate(model, tokenizer, rows: list[Encoded], batch_size: int = 16, max_ne
     model.eval()
     device = device or next(model.parameters()).device
     texts = [""] * len(rows)
-    for idx in LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False):
+
+    def one(idx: list[int]) -> list[str]:
         batch = collate([rows[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        width = batch["input_ids"].shape[1]
-        for i, text in zip(idx, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
-            texts[i] = text
         if progress is not None:
             progress.update(len(idx))
+        return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    batches = list(LengthBucketSampler([len(r.input_ids) for r in rows], batch_size, shuffle=False))
+    for idx, decoded in zip(batches, shared_map(one, batches)):  # each process its share, inside sharding.across
+        for i, text in zip(idx, decoded):
+            texts[i] = text
     model.train(was_training)
     return texts
 

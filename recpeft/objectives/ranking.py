@@ -17,6 +17,7 @@ from ..data.schema import Interaction, Item
 from ..prefix import SENTINEL, cached_answer_logits, split_prompt
 from ..prompts import PreferencePrompt, render, user_message
 from ..metrics import ranking_metrics
+from ..sharding import shared_map
 from ..tasks import Example, RankingExample, cold_start, liked_disliked, ranking_examples, train_item_counts
 from . import EvalSet, Evaluation
 from .preference import PreferenceTask
@@ -74,7 +75,8 @@ class RankingTask(PreferenceTask):
         """cached: each user's prefix (history + question) runs once and its KV cache serves all of the
         user's candidates (recpeft.prefix); False scores every candidate's full prompt (the reference)."""
         if cached:
-            scores = [self._cached_scores(model, ex, progress) for ex in evalset.examples]
+            # each process its share of the users, inside sharding.across
+            scores = shared_map(lambda ex: self._cached_scores(model, ex, progress), evalset.examples)
         else:
             probs = super().evaluate(model, evalset, batch_size, device, progress).outputs["scores"]
             width = len(evalset.rows) // max(1, len(evalset.examples))
