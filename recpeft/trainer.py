@@ -141,7 +141,12 @@ class Run:
         # (embeddings included) to fp32, which on the H200 made the 8-bit run's peak 1.4-2x the bf16 run's
         # (experiments/results/gpu_check.json). bf16 stays bf16, as in a bf16 run.
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.x renamed it (the old name warns on every run); older 5.x have only the old one
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         self.on_gpu = torch.cuda.is_available()
         if self.on_gpu:  # the training peak, apart from the load's transient

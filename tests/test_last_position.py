@@ -89,7 +89,7 @@ def test_narrowed_last_block_on_an_8bit_base(tiny_model):
 def test_narrowed_last_block_under_gradient_checkpointing(tiny_model):
     # The backward pass re-runs the block outside the caller's context: it must re-run the narrowed one.
     model, tok = _adapted(tiny_model)
-    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     _assert_same(model, tok)
 
 

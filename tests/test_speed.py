@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -163,8 +164,12 @@ def test_a_head_that_cannot_be_narrowed_keeps_full_logits(tiny_model):
 def test_gradient_checkpointing_only_when_asked(tiny_model, skewed_news, tmp_path, bits):
     for asked in (False, True):
         cfg = _cfg(tmp_path, tiny_model, skewed_news, bits=bits, gradient_checkpointing=asked, max_steps=1, eval_every=1)
-        model = train(cfg, save=False, show_progress=False).model.get_base_model()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = train(cfg, save=False, show_progress=False).model.get_base_model()
         assert model.is_activation_checkpointing is asked
+        # recpeft calls no deprecated transformers API of its own (issue 14)
+        assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
 
 
 def test_release_memory_is_safe_to_call():
