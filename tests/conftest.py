@@ -59,6 +59,17 @@ def build_small_news(folder: Path, users: int = 12) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_news(tmp_path_factory) -> Path:
+    return build_small_news(tmp_path_factory.mktemp("small-news"))
+
+
+def run_settings(flags: dict, tiny_model: Path, data: Path, work: Path, **extra) -> dict:
+    """Training settings for a test run: `flags`, the tiny model and data, runs and adapter under `work`."""
+    return {**flags, "model": str(tiny_model), "data": str(data), "runs_dir": str(work / "runs"),
+            "output_dir": str(work / "out"), **extra}
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 

@@ -15,7 +15,6 @@ import shard_probe
 import torch
 from safetensors.torch import load_file
 from test_resume import adapter, assert_only_whole_checkpoints, assert_same_adapter, cli_args, settings
-from test_resume import small_news  # noqa: F401  (a fixture)
 
 from recpeft import checkpoint as ckpts
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run_settings
 from recpeft import privacy
 from recpeft.config import build_config
 from recpeft.errors import UserError
@@ -26,16 +27,8 @@ FLAGS = {"domain": "news", "train_samples": 40, "max_steps": 14, "batch_size": 4
          "checkpoint_every": 3, "log_with": "none", "dp_epsilon": 4.0, "base_test": False}
 
 
-@pytest.fixture(scope="session")
-def small_news(tmp_path_factory) -> Path:
-    from conftest import build_small_news
-
-    return build_small_news(tmp_path_factory.mktemp("small-news"))
-
-
 def settings(tiny_model, data, work: Path, **extra) -> dict:
-    return {**FLAGS, "model": str(tiny_model), "data": str(data), "runs_dir": str(work / "runs"),
-            "output_dir": str(work / "out"), **extra}
+    return run_settings(FLAGS, tiny_model, data, work, **extra)
 
 
 def adapter(folder: Path) -> dict[str, torch.Tensor]:

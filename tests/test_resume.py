@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import run_settings
 from recpeft import checkpoint as ckpts
 from recpeft.config import build_config
 from recpeft.errors import UserError
@@ -27,16 +28,8 @@ FLAGS = {"domain": "news", "max_steps": 40, "batch_size": 4, "grad_accum": 2, "l
          "checkpoint_every": 3, "keep_checkpoints": 2}
 
 
-@pytest.fixture(scope="session")
-def small_news(tmp_path_factory) -> Path:
-    from conftest import build_small_news
-
-    return build_small_news(tmp_path_factory.mktemp("small-news"))
-
-
 def settings(tiny_model, data, work: Path, **extra) -> dict:
-    return {**FLAGS, "model": str(tiny_model), "data": str(data), "runs_dir": str(work / "runs"),
-            "output_dir": str(work / "out"), **extra}
+    return run_settings(FLAGS, tiny_model, data, work, **extra)
 
 
 def cli_args(values: dict) -> list[str]:

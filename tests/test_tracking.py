@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_settings
 from recpeft.config import build_config
 from recpeft.errors import Interrupted
 from recpeft.runs import list_runs
@@ -29,15 +30,12 @@ TRAIN_TAGS = {"train/loss", "train/lr", "perf/tokens_per_s", "perf/examples_per_
 
 
 @pytest.fixture(scope="module")
-def news(tmp_path_factory) -> Path:
-    from conftest import build_small_news
-
-    return build_small_news(tmp_path_factory.mktemp("news"))
+def news(small_news) -> Path:
+    return small_news
 
 
 def settings(tiny_model, data, work: Path, **extra) -> dict:
-    return {**FLAGS, "model": str(tiny_model), "data": str(data), "runs_dir": str(work / "runs"),
-            "output_dir": str(work / "out"), **extra}
+    return run_settings(FLAGS, tiny_model, data, work, **extra)
 
 
 def only_run(work: Path) -> Path:
