@@ -48,7 +48,7 @@ def _liger(model) -> bool:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
     except ImportError:
         return False
-    if getattr(model.config, "model_type", None) not in ("llama", "mistral", "qwen2"):
+    if getattr(model.config, "model_type", None) != "llama":  # apply_liger_kernel_to_llama patches Llama's module
         return False
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=False, model=model)
