@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .last_position import decoder_layers
 from .methods import bottleneck, method_of
 
 
@@ -155,7 +156,8 @@ class AdapterBank:
             def hook(*_):  # returns None: a pre-hook's return value would replace the layer's input
                 interrupt()
 
-            hooks = [layer.register_forward_pre_hook(hook) for layer in decoder_layers(self.model)]
+            layers = decoder_layers(self.model) or [self.model]  # another layout: once, before the whole call
+            hooks = [layer.register_forward_pre_hook(hook) for layer in layers]
             try:
                 yield self.model
             finally:
@@ -165,11 +167,3 @@ class AdapterBank:
 
 class Cancelled(Exception):
     """Raised by an `interrupt` function to stop a model call between two decoder layers."""
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The model's decoder blocks (`model.model.layers` under any peft wrapper), else the model itself."""
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
-    layers = getattr(getattr(base, "model", None), "layers", None)
-    return list(layers) if isinstance(layers, torch.nn.ModuleList) and len(layers) else [model]

@@ -47,12 +47,18 @@ class LastPositionLlamaLayer(LlamaDecoderLayer):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-def _last_block(model) -> torch.nn.Module | None:
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The decoder blocks (`model.model.layers` under a DDP or peft wrapper), or [] for another layout."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
     get_base = getattr(inner, "get_base_model", None)  # peft; the Houlsby adapter edits the model in place
     base = get_base() if callable(get_base) else inner
     layers = getattr(getattr(base, "model", None), "layers", None)
-    return layers[-1] if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+
+
+def _last_block(model) -> torch.nn.Module | None:
+    layers = decoder_layers(model)
+    return layers[-1] if layers else None
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import recpeft
-from recpeft.bank import decoder_layers
+from recpeft.last_position import decoder_layers
 from recpeft.data.csvdir import load_sample
 from recpeft.serve import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, Limits, create_app
 
