@@ -24,7 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     from recpeft.config import TrainConfig
     from recpeft.methods import get_method
-    from recpeft.models import default_targets, load_base, resolve
+    from recpeft.models.hub import resolve
+    from recpeft.models.load import default_targets, load_base
 
     base_file = sum(f.stat().st_size for f in Path(resolve(args.model)).glob("*.safetensors"))
     rows = []
@@ -38,11 +39,13 @@ def main() -> None:
             size = (Path(tmp) / "adapter_model.safetensors").stat().st_size
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"method": method, "trainable_parameters": params, "file_bytes": size,
-                     "share_of_base_file": round(size / base_file, 5), "share_of_fp32_base": round(size / fp32_bytes, 5)})
+                     "share_of_base_file": round(size / base_file, 5),
+                     "share_of_fp32_base": round(size / fp32_bytes, 5)})
         print(f"{method:<8} {params:>10,} params  {size / 2**20:7.2f} MiB  {100 * size / base_file:5.2f}% of the "
               f"{base_file / 2**20:.0f} MiB base file, {100 * size / fp32_bytes:5.2f}% of fp32 weights", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"model": args.model, "base_file_bytes": base_file, "methods": rows}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"model": args.model, "base_file_bytes": base_file, "methods": rows},
+                                  indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ step. Training throughput = examples per second of the training loop (the traine
 micro-batch, recorded in recpeft.json), so model loading and evaluation are not counted. Evaluation =
 the trainer's seconds in evaluation (recpeft.json's eval_seconds): the untrained validation set, the
 validation set after the last step and the test set, --eval-samples examples each, which 2 processes
-share (recpeft/sharding.py). Its batch is twice the training batch: 16 rows in 1 process, 8 in each of
+share (recpeft/evaluation/sharding.py). Its batch is twice the training batch: 16 rows in 1 process, 8 in each of
 2. Writes results/ddp.json (or --out).
 """
 

@@ -15,7 +15,7 @@ checks that replay equals what the trainer saw):
 (a) plain: transformers + peft in bf16, right padding to the batch's longest row, full-vocabulary
     logits, Hugging Face's LM loss on the answer token, AdamW;
 (b) tallrec: the same loop on `load_in_8bit` + `prepare_model_for_kbit_training` + LoRA;
-(c) recpeft: `recpeft.trainer.train` at `--bits 16`, `8` and `4`.
+(c) recpeft: `recpeft.training.trainer.train` at `--bits 16`, `8` and `4`.
 Per run: steady-state tokens/s over steps 3..N (real tokens, no padding), useful MFU against a bf16
 `torch.mm` rate measured in the same process (useful FLOPs = 4 * N_blocks * tokens: the frozen
 forward and the input-gradient backward; head and LoRA ignored), and peak memory
@@ -127,12 +127,12 @@ def config_for(folder: Path, bits: int, batch: int, steps: int, out: Path | None
 def replay_batches(cfg) -> tuple[list, list[int], int]:
     """The Encoded rows of each of the first cfg.max_steps training batches, as the trainer draws them
     (its loader, seed and epoch), the answer token ids, and the resolved batch size."""
-    from recpeft.batches import loader
-    from recpeft.data.load import load_data
+    from recpeft.data import load_data
     from recpeft.domains import get_domain
-    from recpeft.models import load_tokenizer
-    from recpeft.objectives import get_task
-    from recpeft.gpu import batch_size_for
+    from recpeft.kernels.gpu import batch_size_for
+    from recpeft.models.load import load_tokenizer
+    from recpeft.tasks import get_task
+    from recpeft.tasks.batches import loader
 
     tok = load_tokenizer(cfg.model)
     task = get_task(cfg.task, load_data(cfg.domain, cfg.data), get_domain(cfg.domain), tok, cfg)
@@ -156,17 +156,13 @@ class StepClock:
         self.times, self.pad_id, self.seen = [], pad_id, []
 
     def __enter__(self):
-        import recpeft.trainer
+        from recpeft.training import events
 
-        self.original = original = recpeft.trainer.kill_point
+        def hook(**_) -> None:
+            sync()
+            self.times.append(time.perf_counter())
 
-        def hook(point: str) -> None:
-            original(point)
-            if point.startswith("step:"):
-                sync()
-                self.times.append(time.perf_counter())
-
-        recpeft.trainer.kill_point = hook
+        self.off = events.on("step", hook)  # fired after each optimiser step (recpeft/training/events.py)
         self.handle = (torch.nn.modules.module.register_module_forward_pre_hook(self._record)
                        if self.pad_id is not None else None)
         sync()
@@ -179,9 +175,7 @@ class StepClock:
             self.seen.append([row[next((i for i, t in enumerate(row) if t != self.pad_id), len(row)):] for row in rows])
 
     def __exit__(self, *exc):
-        import recpeft.trainer
-
-        recpeft.trainer.kill_point = self.original
+        self.off()
         if self.handle is not None:
             self.handle.remove()
 
@@ -195,8 +189,8 @@ def steady(times: list[float], batches: list, first: int = 3) -> tuple[float, in
 
 def run_recpeft(folder: Path, bits: int, batch: int, steps: int, smoke: bool, out: Path | None,
                 check_replay: list | None = None) -> dict:
-    from recpeft.models import load_tokenizer
-    from recpeft.trainer import train
+    from recpeft.models.load import load_tokenizer
+    from recpeft.training.trainer import train
 
     cfg = config_for(folder, bits, batch, steps, out, smoke)
     pad = load_tokenizer(str(folder)).pad_token_id if check_replay is not None else None
@@ -221,8 +215,8 @@ def run_loop(folder: Path, batches: list, answer_ids: list[int], recipe: str, de
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         if recipe == "tallrec":
             model = prepare_model_for_kbit_training(model)
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         model.train()
@@ -248,7 +242,7 @@ def run_loop(folder: Path, batches: list, answer_ids: list[int], recipe: str, de
 def ranking_latency(adapter: Path, bits: int, candidates: int, repeats: int) -> dict:
     """p50 seconds of scoring `candidates` items for a 10-item history: cached prefix vs naive batched."""
     import recpeft
-    from recpeft.data.csvdir import load_sample
+    from recpeft.data.formats.csvdir import load_sample
 
     rec = recpeft.load(adapter, bits=bits)
     items = list(load_sample("news").items.values())
@@ -291,7 +285,7 @@ def main() -> int:
     if args.smoke:
         args.sizes, args.batches, args.steps, args.candidates = "tiny", "2,4,0", 4, 5
     elif args.shape is None:
-        from recpeft.models import cached_model_dir
+        from recpeft.models.hub import cached_model_dir
 
         args.shape = cached_model_dir("smollm2-135m")
     out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
@@ -307,10 +301,12 @@ def main() -> int:
             cfg = config_for(folder, 16, batch, args.steps, None, args.smoke)
             batches, answer_ids, resolved = replay_batches(cfg)
             label = f"{size} batch {resolved}" + (" (recpeft default)" if batch == 0 else "")
-            jobs = [(f"recpeft bits {b}", lambda b=int(b): run_recpeft(
-                folder, b, batch, args.steps, args.smoke, work / f"ad-{size}-{b}" if batch == 0 else None,
-                check_replay=batches if args.smoke else None)) for b in args.bits.split(",")]
-            jobs += [(recipe, lambda r=recipe: run_loop(folder, batches, answer_ids, r, device))
+            jobs = [(f"recpeft bits {b}", lambda b=int(b), folder=folder, batch=batch, size=size, batches=batches:
+                     run_recpeft(folder, b, batch, args.steps, args.smoke,
+                                 work / f"ad-{size}-{b}" if batch == 0 else None,
+                                 check_replay=batches if args.smoke else None)) for b in args.bits.split(",")]
+            jobs += [(recipe, lambda r=recipe, folder=folder, batches=batches, answer_ids=answer_ids:
+                      run_loop(folder, batches, answer_ids, r, device))
                      for recipe in args.recipes.split(",") if recipe]
             for name, job in jobs:
                 try:

@@ -1,5 +1,5 @@
 """An 8-bit base on the CPU, evaluated two ways: bitsandbytes' own inference layers against
-recpeft.quantised.FrozenInt8Linear (the dequantise + F.linear function bitsandbytes trains through).
+recpeft.kernels.quantised.FrozenInt8Linear (the dequantise + F.linear function bitsandbytes trains through).
 
     python experiments/bench_int8_cpu.py [--model smollm2-135m] [--batch 8] [--tokens 110] [--repeats 3]
 
@@ -44,8 +44,8 @@ def main() -> None:
 
     import bitsandbytes as bnb
 
-    from recpeft.quantised import FrozenInt8Linear
-    from recpeft.models import load_base
+    from recpeft.kernels.quantised import FrozenInt8Linear
+    from recpeft.models.load import load_base
     from recpeft.runtime import default_threads
 
     torch.set_num_threads(default_threads())

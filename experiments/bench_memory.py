@@ -57,10 +57,10 @@ def child(bits: int, model: str, steps: int, method: str, checkpointing: bool) -
     import peft  # noqa: F401
     import torch
 
-    import recpeft.models as models
+    import recpeft.models.hub as models
     from recpeft.config import TrainConfig
     from recpeft.runtime import default_threads, release_memory
-    from recpeft.trainer import train
+    from recpeft.training.trainer import train
 
     torch.set_num_threads(default_threads())
     floor = status_mib("VmRSS")
@@ -85,7 +85,8 @@ def child(bits: int, model: str, steps: int, method: str, checkpointing: bool) -
     models.release_memory = real_release
     weights = sum(t.numel() * t.element_size() for t in [*base.parameters(), *base.buffers()]) / 2**20
     return {"bits": bits, "gradient_checkpointing": checkpointing, "method": method,
-            "floor_mib": round(floor, 1), "peak_rss_mib": round(peak, 1), "peak_above_floor_mib": round(peak - floor, 1),
+            "floor_mib": round(floor, 1), "peak_rss_mib": round(peak, 1),
+            "peak_above_floor_mib": round(peak - floor, 1),
             "load_peak_above_start_mib": round(status_mib("VmHWM") - start, 1),
             "loaded_above_start_untrimmed_mib": round(before_trim[0] - start, 1),
             "loaded_above_start_mib": round(status_mib("VmRSS") - start, 1),
@@ -108,7 +109,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(child(args.child, args.model, args.steps, args.method, args.child_checkpointing)))
         return
-    from recpeft.models import resolve
+    from recpeft.models.hub import resolve
 
     resolve(args.model)  # fetch/convert before measuring, so no run pays for it
     blocks = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
@@ -139,7 +140,8 @@ def main() -> None:
         print(f"{r['bits']:>4}-b {'on' if r['gradient_checkpointing'] else 'off':>4} | {r['floor_mib']:6.0f} "
               f"{r['peak_rss_mib']:7.0f} {r['ratio_to_fp32']:6.3f} | {r['peak_above_floor_mib']:10.0f} "
               f"{r['ratio_above_floor_to_fp32']:6.3f} | {r['load_peak_above_start_mib']:9.0f} "
-              f"{r['loaded_above_start_mib']:7.0f} {r['loaded_above_start_untrimmed_mib']:9.0f} {r['weights_mib']:7.0f} | "
+              f"{r['loaded_above_start_mib']:7.0f} {r['loaded_above_start_untrimmed_mib']:9.0f} "
+              f"{r['weights_mib']:7.0f} | "
               f"{r['best_possible_ratio_to_fp32']:10.3f} | {r['seconds_per_micro_batch']:.2f}")
     print("MiB; 'load peak', 'loaded' and 'untrimmed' are above the RSS before a load of the base alone; "
           "'best ratio' = (floor + weights) / (fp32 floor + fp32 weights)")

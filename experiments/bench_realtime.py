@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -66,11 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from recpeft.data.csvdir import load_sample
-    from recpeft.domains import get_domain
-    from recpeft.prefix import SENTINEL, cached_answer_logits, naive_answer_logits, split_prompt
-    from recpeft.prompts import PreferencePrompt, answer_token_ids, render, user_message
+    from recpeft.data.formats.csvdir import load_sample
     from recpeft.data.schema import Item
+    from recpeft.domains import get_domain
+    from recpeft.serving.prefix import SENTINEL, cached_answer_logits, naive_answer_logits, split_prompt
+    from recpeft.tasks.prompts import PreferencePrompt, answer_token_ids, render, user_message
 
     if args.adapter:
         import recpeft
@@ -80,7 +79,7 @@ def main() -> None:
         bank_ctx = rec.bank.use(rec.name)
         bank_ctx.__enter__()
     else:
-        from recpeft.models import load_base
+        from recpeft.models.load import load_base
 
         model, tok, _ = load_base(args.model, bits=32)
     model.eval()

@@ -4,13 +4,13 @@
 
 Both runs use the same base model weights, the same LoRA configuration, optimiser, schedule, learning
 rate and number of optimiser steps, and the SAME training examples in the same
-batches: (b) runs first through `recpeft.trainer.train`, and a global forward hook on the embedding
+batches: (b) runs first through `recpeft.training.trainer.train`, and a global forward hook on the embedding
 records exactly which token sequences each of its training steps saw; (a) then replays them.
 
 (a) naive: the model as transformers loads it; every example is `prompt + answer token`, right-padded
     to the fixed `max_length`, full-vocabulary logits at every position, Hugging Face's LM loss on the
     answer token only.
-(b) recpeft: the model as recpeft.models.load_base loads it (hand-written RMSNorm and rotary
+(b) recpeft: the model as recpeft.models.load.load_base loads it (hand-written RMSNorm and rotary
     backward passes), length-bucketed left padding, the last block and the LM head computed at the
     scored position only and there on the Yes/No rows only, loss over the Yes/No logits.
 
@@ -37,7 +37,7 @@ Where (b)'s step time goes: two of its batches are replayed (forward + backward)
 and the self CPU time is split into the base's matmuls, the adapter's, attention and the rest.
 
 Quality at equal steps: validation AUC of both adapters on the same validation examples, scored by
-the same scorer (recpeft.scoring.score), with Hanley-McNeil 95% intervals. Writes
+the same scorer (recpeft.evaluation.scoring.score), with Hanley-McNeil 95% intervals. Writes
 experiments/results/bench_train.json (bench_train_quick.json with --quick).
 """
 
@@ -82,22 +82,12 @@ class StepProbes:
 
     @contextlib.contextmanager
     def between_trainer_steps(self):
-        """A context in which recpeft's trainer probes after every optimiser step, through its
-        between-steps hook (recpeft.faults.kill_point, called after the step's timing has stopped)."""
-        import recpeft.trainer
+        """A context in which recpeft's trainer probes after every optimiser step, through its "step" hook
+        point (recpeft/training/events.py, fired after the step's timing has stopped)."""
+        from recpeft.training import events
 
-        original = recpeft.trainer.kill_point
-
-        def hook(point: str) -> None:
-            original(point)
-            if point.startswith("step:"):
-                self()
-
-        recpeft.trainer.kill_point = hook
-        try:
+        with events.hooked("step", lambda **_: self()):
             yield self
-        finally:
-            recpeft.trainer.kill_point = original
 
 
 def hanley_mcneil(auc: float, n_pos: int, n_neg: int) -> float:
@@ -175,7 +165,7 @@ def step_profile(model, task, batches, labels, pad_id: int, rank: int) -> dict[s
     rotary embeddings, SiLU, residual adds, copies, autograd bookkeeping) is "element-wise & other"."""
     from torch.profiler import ProfilerActivity, profile
 
-    from recpeft.batches import Encoded, collate
+    from recpeft.tasks.batches import Encoded, collate
 
     model.train()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -202,7 +192,8 @@ def naive_train(cfg, task, batches, labels, valid, between_steps) -> dict:
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     from recpeft.methods import get_method
-    from recpeft.models import default_targets, load_tokenizer, resolve
+    from recpeft.models.hub import resolve
+    from recpeft.models.load import default_targets, load_tokenizer
 
     source = resolve(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
@@ -256,12 +247,13 @@ def main() -> None:
         args.examples, args.batch_size, args.valid, args.matmul_n = 8, 4, 16, 512
 
     from recpeft.config import TrainConfig
-    from recpeft.data.csvdir import load_data
-    from recpeft.batches import Encoded
+    from recpeft.data import load_data
     from recpeft.domains import get_domain
-    from recpeft.models import load_tokenizer, resolve
-    from recpeft.objectives import get_task
-    from recpeft.trainer import train
+    from recpeft.models.hub import resolve
+    from recpeft.models.load import load_tokenizer
+    from recpeft.tasks import get_task
+    from recpeft.tasks.batches import Encoded
+    from recpeft.training.trainer import train
 
     wall = time.time()
     steps = max(1, args.examples // args.batch_size)
@@ -333,7 +325,8 @@ def main() -> None:
     n_pos = sum(labels_valid)
     a_auc = naive["auc"]
     b_auc = result.history[-1]["valid_auc"]
-    a_se, b_se = hanley_mcneil(a_auc, n_pos, len(labels_valid) - n_pos), hanley_mcneil(b_auc, n_pos, len(labels_valid) - n_pos)
+    a_se, b_se = (hanley_mcneil(a_auc, n_pos, len(labels_valid) - n_pos),
+                  hanley_mcneil(b_auc, n_pos, len(labels_valid) - n_pos))
     diff_se = math.hypot(a_se, b_se)
     out = {
         "model": cfg.model, "domain": cfg.domain, "examples": n_examples, "batch_size": cfg.batch_size, "steps": steps,
@@ -372,7 +365,8 @@ def main() -> None:
     out["speedup_load_normalised"] = load_normalised(out)["speedup_load_normalised"]
     out["naive"]["share_of_matmul"] = load_normalised(out)["naive_share_of_matmul"]
     print(f"[bench] FLOP rule: {out['flop_rule']}")
-    print(f"[bench] N_block {n_block:,}  N_trainable {n_trainable:,}  {n_examples} examples, {real_tokens:,} real tokens "
+    print(f"[bench] N_block {n_block:,}  N_trainable {n_trainable:,}  {n_examples} examples, "
+          f"{real_tokens:,} real tokens "
           f"(recpeft computed {b_padded:,} incl. padding, naive {out['naive_tokens_incl_padding']:,}); "
           f"useful work {flops / 1e9:,.0f} GFLOP")
     print(f"[bench] threads inside the run: {out['threads_inside_run']}; attention: {out['attn_implementation']}")
@@ -382,11 +376,13 @@ def main() -> None:
           f"fastest product {out['matmul_gflops_5s_probes']['fastest_product']}")
     for name in ("naive", "recpeft"):
         r = out[name]
-        print(f"[bench] ({'a' if name == 'naive' else 'b'}) {name:8s} {r['seconds']:8.1f} s  {r['samples_per_s']:7.3f} samples/s  "
-              f"{r['useful_gflops']:6.1f} useful GFLOP/s  valid AUC {r['valid_auc']:.4f} ± {1.96 * r['valid_auc_se']:.4f}")
-    print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.1%} of the "
-          f"matmul GFLOP/s measured during it ({out['recpeft']['share_of_fastest_product_around']:.1%} of the fastest "
-          f"products in the 5 s probes around it); AUC (b) - (a) = {out['auc_difference']:+.4f} ± {out['auc_difference_95ci']:.4f} (95%, "
+        print(f"[bench] ({'a' if name == 'naive' else 'b'}) {name:8s} {r['seconds']:8.1f} s  "
+              f"{r['samples_per_s']:7.3f} samples/s  {r['useful_gflops']:6.1f} useful GFLOP/s  "
+              f"valid AUC {r['valid_auc']:.4f} ± {1.96 * r['valid_auc_se']:.4f}")
+    print(f"[bench] speed-up (b)/(a): {out['speedup']:.2f}x; (b) reaches {out['recpeft']['share_of_matmul']:.1%} "
+          f"of the matmul GFLOP/s measured during it ({out['recpeft']['share_of_fastest_product_around']:.1%} "
+          f"of the fastest products in the 5 s probes around it); AUC (b) - (a) = {out['auc_difference']:+.4f} "
+          f"± {out['auc_difference_95ci']:.4f} (95%, "
           f"{len(valid_rows)} validation examples)")
     print(f"[bench] where (b)'s forward + backward time goes (torch.profiler, {profiled} of its batches replayed): "
           + ", ".join(f"{k} {v:.0%}" for k, v in profile_shares.items()))
@@ -396,7 +392,8 @@ def main() -> None:
     if out["other_processes_running"]:
         print(f"[bench] note: other processes were running (load average {out['load_average_1min_at_end']}); the "
               "ratios are side by side in one run, absolute rates are lower than on an idle machine")
-    path = Path(args.output) if args.output else RESULTS_DIR / ("bench_train_quick.json" if args.quick else "bench_train.json")
+    path = (Path(args.output) if args.output
+            else RESULTS_DIR / ("bench_train_quick.json" if args.quick else "bench_train.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"[bench] wrote {path} ({out['wall_seconds']:.0f} s wall)")

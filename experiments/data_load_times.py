@@ -19,7 +19,7 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 t = time.perf_counter(); import datasets; imp = time.perf_counter() - t
-from recpeft.data.load import load_data
+from recpeft.data import load_data
 t = time.perf_counter(); data = load_data("news", sys.argv[1]); dt = time.perf_counter() - t
 n = len(data.examples) if hasattr(data, "examples") else len(data.interactions)
 print(json.dumps({"seconds": round(dt, 3), "import_datasets_s": round(imp, 3), "records": n}))

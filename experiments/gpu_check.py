@@ -63,7 +63,7 @@ def train_once(model: str, method: str, bits: int, steps: int, out: Path) -> dic
     import torch
 
     from recpeft.config import TrainConfig
-    from recpeft.trainer import train
+    from recpeft.training.trainer import train
 
     on_cuda = torch.cuda.is_available()
     if on_cuda:
@@ -110,7 +110,7 @@ def section_api(adapter: Path, report: dict) -> None:
     import torch
 
     import recpeft
-    from recpeft.data.csvdir import load_sample
+    from recpeft.data.formats.csvdir import load_sample
 
     rec = recpeft.load(adapter)
     data = load_sample("news")
@@ -144,7 +144,7 @@ def section_api(adapter: Path, report: dict) -> None:
 
 
 def section_merge(adapter: Path, work: Path, report: dict) -> None:
-    from recpeft.merge import merge_adapter
+    from recpeft.serving.merge import merge_adapter
 
     report["merge"] = merge_adapter(adapter, work / "merged")
     print(json.dumps(report["merge"]), flush=True)

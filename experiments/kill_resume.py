@@ -1,7 +1,8 @@
 """Kill-and-resume trials: SIGKILL `recpeft train` at random steps, resume it, compare with an uninterrupted run.
 
 Each trial starts a real `recpeft train` subprocess that SIGKILLs itself after a random optimiser step
-(RECPEFT_KILL_AT=step:K, K uniform over the run), then resumes it with `--resume latest` (a second
+(through the test driver: `tests/_hooks.py --kill-at step:K -- train ...`, K uniform over the run), then
+resumes it with `--resume latest` (a second
 subprocess; a kill before the first checkpoint is rerun from scratch, as a user would) and compares
 the final adapter with the uninterrupted run's. A trial is "identical" when
 every tensor agrees within 1e-6; a directory is "corrupt" when a visible checkpoint or adapter folder
@@ -14,7 +15,6 @@ a trial to about a minute of process start-up on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -32,9 +32,9 @@ def run(work: Path, values: dict, *extra: str, kill_at: str | None = None) -> in
     args = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keep the caller's too
     env = {**os.environ, "PYTHONPATH": path, "RECPEFT_HOME": str(work / "home")}
-    if kill_at:
-        env["RECPEFT_KILL_AT"] = kill_at
-    proc = subprocess.run([sys.executable, "-m", "recpeft", "train", *args, *extra], cwd=work, env=env,
+    from _hooks import command  # the recpeft CLI with the test hooks (tests/_hooks.py)
+
+    proc = subprocess.run(command("train", *args, *extra, kill_at=kill_at), cwd=work, env=env,
                           capture_output=True, text=True)
     if proc.returncode not in (0, -signal.SIGKILL):
         sys.exit(f"unexpected exit {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -43,9 +43,10 @@ def run(work: Path, values: dict, *extra: str, kill_at: str | None = None) -> in
 
 def corrupt_dirs(work: Path) -> list[str]:
     """Visible checkpoint and adapter folders that do not load completely."""
-    from recpeft import checkpoint as ckpts
-    from recpeft.artifacts import read_meta, verify_adapter_dir
+    from recpeft.adapter_meta import read_meta
+    from recpeft.artifacts import verify_adapter_dir
     from recpeft.errors import UserError
+    from recpeft.training import checkpoint as ckpts
 
     bad = []
     for run_dir in (work / "runs" / "news").iterdir() if (work / "runs" / "news").is_dir() else []:
@@ -72,12 +73,11 @@ def main() -> None:
     opts = parser.parse_args()
 
     import torch
+    from conftest import build_small_news, build_tiny_model
     from safetensors.torch import load_file
+    from test_resume import FLAGS  # the settings the CI test uses: 40 steps crossing an epoch, dropout on
 
     from recpeft.artifacts import write_json_atomic
-
-    from conftest import build_small_news, build_tiny_model
-    from test_resume import FLAGS  # the settings the CI test uses: 40 steps crossing an epoch, dropout on
 
     root = Path(tempfile.mkdtemp(prefix="kill-resume-"))
     if opts.model is None:
@@ -105,8 +105,8 @@ def main() -> None:
         trials.append({"kill_step": k, "killed": killed, "resumed": has_checkpoint, "max_abs_diff": diff,
                        "identical": diff <= 1e-6,
                        "corrupt_dirs": bad + corrupt_dirs(work)})
-        print(f"trial {t}: killed at step {k}, {'resumed' if has_checkpoint else 'rerun'}: max |diff| {diff:.2e}, corrupt dirs {len(trials[-1]['corrupt_dirs'])}",
-              flush=True)
+        print(f"trial {t}: killed at step {k}, {'resumed' if has_checkpoint else 'rerun'}: max |diff| {diff:.2e}, "
+              f"corrupt dirs {len(trials[-1]['corrupt_dirs'])}", flush=True)
     summary = {"trials": len(trials), "identical": sum(t["identical"] for t in trials),
                "corrupt_dirs": sum(len(t["corrupt_dirs"]) for t in trials), "seconds": round(time.time() - start),
                "torch": torch.__version__, "details": trials}

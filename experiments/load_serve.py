@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +106,7 @@ class Requests:
     """Valid request bodies for the served adapters, from their domains' embedded samples (seeded)."""
 
     def __init__(self, adapters: list[dict], candidates: int, history: int, seed: int = 0):
-        from recpeft.data.csvdir import load_sample
+        from recpeft.data.formats.csvdir import load_sample
 
         self.rng = random.Random(seed)
         self.domains = [a["domain"] for a in adapters]
@@ -180,10 +179,13 @@ def bad_cases(max_body: int, client_timeout: float) -> list[dict]:
         case("wrong type: body is a list", 422, "valid dictionary", j([ok])),
         case("NaN rating", 422, "rating", '{"domain": "news", "history": [{"title": "x", "rating": NaN}], '
                                           '"candidates": ["a"]}'),
-        case("huge string", 422, "at most 300 characters", j({"domain": "news", "candidates": ["x" * (max_body // 2)]})),
-        case("huge integer", 400, "not usable JSON", '{"domain": "news", "candidates": ["a"], "k": 1' + "0" * 5000 + "}"),
+        case("huge string", 422, "at most 300 characters",
+             j({"domain": "news", "candidates": ["x" * (max_body // 2)]})),
+        case("huge integer", 400, "not usable JSON",
+             '{"domain": "news", "candidates": ["a"], "k": 1' + "0" * 5000 + "}"),
         case("deep nesting", 400, "nested too deeply", "[" * (max_body // 2)),
-        case("deep nesting inside a field", 422, "candidates", j({"domain": "news", "candidates": [[[[[[[["a"]]]]]]]]})),
+        case("deep nesting inside a field", 422, "candidates",
+             j({"domain": "news", "candidates": [[[[[[[["a"]]]]]]]]})),
         case("lone surrogate", 422, "unicode", '{"domain": "news", "candidates": ["\\ud800"]}'),
         case("blank title", 422, "at least 1 character", j({"domain": "news", "candidates": ["   "]})),
         case("unknown field", 422, "Extra inputs are not permitted", j({**ok, "colour": "red"})),

@@ -58,8 +58,8 @@ def data_args(spec: dict[str, Any]) -> dict[str, Any]:
 def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path | None = None,
                    adapters: Path | None = None, data_path: str | None = None,
                    resume: bool = False) -> dict[str, Any]:
-    from recpeft.evaluate import evaluate
-    from recpeft.trainer import train
+    from recpeft.evaluation.evaluate import evaluate
+    from recpeft.training.trainer import train
 
     spec = load_spec(name, tiny, sets or [])
     out = out or ROOT / "experiments" / "results" / ("tiny" if tiny else "")
@@ -141,7 +141,7 @@ def baselines_on_same_examples(spec: dict[str, Any], cfg, data: dict[str, Any]) 
     scored: same split, same seeded subset, same candidates; fitted on each run's few-shot sample
     (`train_samples` in the baselines section) or on the whole train period."""
     from recpeft.baselines import run_baselines
-    from recpeft.data.csvdir import load_data
+    from recpeft.data import load_data
 
     conf = spec["baselines"]
     recdata = load_data(cfg.domain, data["data"], data["format"], cfg.on_bad_rows)
@@ -177,9 +177,9 @@ def _plain(outputs: dict[str, Any]) -> dict[str, list]:
 
 def task_for(cfg, tokenizer):
     """The run's task object on its data (what the trainer built), for extra evaluations after training."""
-    from recpeft.data.csvdir import load_data
+    from recpeft.data import load_data
     from recpeft.domains import get_domain
-    from recpeft.objectives import get_task
+    from recpeft.tasks import get_task
 
     data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
     return get_task(cfg.task, data, get_domain(cfg.domain), tokenizer, cfg)

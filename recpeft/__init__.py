@@ -2,17 +2,17 @@
 
 __version__ = "0.1.0"
 
-from . import quiet  # noqa: E402  (before any library that prints is imported)
+from recpeft import quiet  # noqa: E402  (before any library that prints is imported)
 
 quiet.install()
 
-from .config import TrainConfig, build_config  # noqa: E402
-from .errors import UserError  # noqa: E402
+from recpeft.config import TrainConfig, build_config  # noqa: E402
+from recpeft.errors import UserError  # noqa: E402
 
 
 def train(cfg: "TrainConfig", **kwargs):
-    """Train an adapter; see recpeft.trainer.train."""
-    from .trainer import train as _train
+    """Train an adapter; see recpeft.training.trainer.train."""
+    from recpeft.training.trainer import train as _train
 
     return _train(cfg, **kwargs)
 
@@ -23,21 +23,21 @@ def load_adapter(base, folder, tokenizer=None, force: bool = False):
     Refuses an adapter whose recorded base-model fingerprint differs from `base` (and `tokenizer`,
     when given) unless force=True.
     """
-    from .methods import load_adapter as _load
+    from recpeft.methods import load_adapter as _load
 
     return _load(base, folder, tokenizer=tokenizer, force=force)
 
 
 def load(path, device=None, bits=None, force: bool = False):
-    """Load an adapter folder as a Recommender; see recpeft.recommender.load."""
-    from .recommender import load as _load
+    """Load an adapter folder as a Recommender; see recpeft.serving.recommender.load."""
+    from recpeft.serving.recommender import load as _load
 
     return _load(path, device=device, bits=bits, force=force)
 
 
 def load_many(paths, device=None, bits=None, force: bool = False):
-    """Load several adapters on ONE shared base model; see recpeft.recommender.load_many."""
-    from .recommender import load_many as _load_many
+    """Load several adapters on ONE shared base model; see recpeft.serving.recommender.load_many."""
+    from recpeft.serving.recommender import load_many as _load_many
 
     return _load_many(paths, device=device, bits=bits, force=force)
 

@@ -1,3 +1,3 @@
-from .cli import main
+from recpeft.cli.app import main
 
 main()

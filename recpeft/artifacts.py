@@ -2,8 +2,9 @@
 
 adapters/<domain>/ holds exactly: adapter_model.safetensors, adapter_config.json (peft's own, so
 `peft.PeftModel.from_pretrained` loads it), recpeft.json (what recpeft needs to use it) and README.md
-(model card). Never base weights, never optimiser state. The folder is built as a temporary sibling
-and renamed into place, so a crash leaves either the old complete adapter or nothing.
+(model card; both written from an AdapterMeta, recpeft/adapter_meta.py). Never base weights, never
+optimiser state. The folder is built as a temporary sibling and renamed into place, so a crash
+leaves either the old complete adapter or nothing.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import UserError
-from .faults import kill_point
+# read_meta re-exported: callers that knew it here keep working
+from recpeft.adapter_meta import META_FILE, AdapterMeta, read_meta, write_meta  # noqa: F401
+from recpeft.errors import UserError
+from recpeft.training import events
 
-FORMAT_VERSION = 1
-CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", "recpeft.json", "README.md"}
+CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", META_FILE, "README.md"}
 
 
 def _can_create_in(parent: Path) -> bool:
@@ -49,7 +52,7 @@ def check_writable(out_dir: Path) -> None:
         raise UserError("output path exists and is not a folder", str(out_dir))
     if not _can_create_in(out_dir.parent):
         raise UserError("output folder is not writable", str(out_dir))
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "recpeft.json").is_file():
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
         raise UserError("output folder exists, is not empty and holds no recpeft adapter; "
                         "refusing to replace it", str(out_dir))
 
@@ -122,12 +125,12 @@ def write_dir_atomic(out_dir: Path, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         for f in tmp.iterdir():  # temp-file writers create owner-only files; these are normal artefacts
             os.chmod(f, 0o666 & ~_umask())
-        kill_point(f"rename:{out_dir.name}")
+        events.fire("folder_written", name=out_dir.name, path=out_dir)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
-            kill_point(f"swap:{out_dir.name}")
+            events.fire("folder_swapped", name=out_dir.name, path=out_dir)
         os.replace(tmp, out_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -137,13 +140,13 @@ def write_dir_atomic(out_dir: Path, fill: Callable[[Path], None]) -> Path:
     return out_dir
 
 
-def save_adapter_dir(save_weights, out_dir: Path, meta: dict[str, Any], card: str) -> Path:
+def save_adapter_dir(save_weights, out_dir: Path, meta: AdapterMeta, card: str) -> Path:
     """save_weights(folder) writes adapter_model.safetensors + adapter_config.json into folder."""
 
     def fill(tmp: Path) -> None:
         save_weights(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
-        write_json_atomic(tmp / "recpeft.json", {"format_version": FORMAT_VERSION, **meta})
+        write_meta(tmp, meta)
         extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
         for name in extra:  # keep the contract exact whatever the peft version adds
             shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
@@ -178,55 +181,3 @@ def check_adapter_dir(adapter_dir: Path) -> None:
     if missing:
         raise UserError(f"incomplete adapter folder: missing {', '.join(missing)}", str(adapter_dir))
     verify_adapter_dir(adapter_dir)  # the weights must be readable safetensors too
-
-
-def read_meta(adapter_dir: Path) -> dict[str, Any]:
-    path = Path(adapter_dir) / "recpeft.json"
-    if not path.is_file():
-        raise UserError("not a recpeft adapter folder (no recpeft.json)", str(adapter_dir))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed JSON: {exc.msg}", f"{path}:{exc.lineno}") from None
-
-
-TASK_WORDS = {
-    "preference": "will the user like the item: a Yes/No answer, TALLRec-style",
-    "click": "will the user click the item: a Yes/No answer",
-    "rating": "the user's 1-5 rating, read from the digit tokens",
-    "ranking": "next-item ranking, each candidate scored by P(Yes)",
-    "interests": "the user's favourite categories, generated as a list",
-}
-
-
-def model_card(meta: dict[str, Any]) -> str:
-    from .privacy import card_section
-
-    m, base = meta.get("metrics", {}), meta["base_model"]
-    key = m.get("main_metric", "auc")
-    rows = "\n".join(
-        f"| {split} | {m.get(f'{split}_{key}_base', float('nan')):.4f} | {m.get(f'{split}_{key}', float('nan')):.4f} | {m.get(f'{split}_n', 0)} |"
-        for split in ("valid", "test")
-    )
-    return f"""# recpeft adapter: {meta['domain']} / {meta['task']} / {meta['method']}
-
-A {meta['method']} adapter for `{base['name']}` (fingerprint `{base['fingerprint']}`), trained by
-recpeft {meta.get('recpeft_version', '')} for the `{meta['task']}` task ({TASK_WORDS.get(meta['task'], '')}) from a
-user's recent history (prompt template `{meta['prompt_template']}`).
-
-| split | {key} untrained base | {key} with adapter | examples |
-|---|---|---|---|
-{rows}
-
-Data: `{meta['data']['name']}` (fingerprint `{meta['data']['fingerprint']}`); best step {m.get('best_step')}
-of {m.get('steps')}; trainable parameters {meta.get('trainable_parameters')}.
-
-Load it with recpeft's API, or with plain peft:
-
-```python
-from transformers import AutoModelForCausalLM
-from peft import PeftModel
-base = AutoModelForCausalLM.from_pretrained("<base model folder>")
-model = PeftModel.from_pretrained(base, "<this folder>")
-```
-""" + card_section(meta.get("privacy"))

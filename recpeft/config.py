@@ -1,5 +1,9 @@
 """TrainConfig: one dataclass for every training knob, loaded from YAML and CLI flags, validated up front.
 
+Each field is declared once, with its help text, flag alias, range and choices in its metadata
+(recpeft.methods.settings.setting): the `recpeft train` flags (recpeft/cli/options.py), the
+validation below and docs/train-options.md are all generated from the fields.
+
 Precedence: dataclass defaults < YAML file < command-line flags. Every problem is a UserError that
 names the file and line, so nothing is loaded or written before the config is known to be sane.
 """
@@ -7,95 +11,111 @@ names the file and line, so nothing is loaded or written before the config is kn
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.load import FORMATS as DATA_FORMATS
-from .data.rows import ON_BAD_ROWS
-from .errors import UserError
+from recpeft.data.load import FORMATS as DATA_FORMATS
+from recpeft.data.rows import ON_BAD_ROWS
+from recpeft.domains import DOMAINS
+from recpeft.errors import UserError, did_you_mean
+from recpeft.methods import METHODS
+from recpeft.methods.settings import AdaLoraSettings, AdapterSettings, LoraSettings, setting
+from recpeft.tasks import TASKS
 
-DOMAINS = ("ecommerce", "video", "news")
-METHODS = ("lora", "adalora", "adapter")
 BITS = (0, 4, 8, 16, 32)
-TASKS = ("preference", "click", "rating", "ranking", "interests", "instruction")
-LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/tracking.py)
+LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/training/tracking.py)
 
 
 @dataclass
-class TrainConfig:
+class RunSettings:
+    """What to train on and how to optimise: the fields before the method settings in TrainConfig."""
+
+    domain: str = setting("news", f"Domain preset: {', '.join(DOMAINS)}.", short="-d", choices=tuple(DOMAINS))
+    model: str = setting("smollm2-135m", "Base model: a built-in name (see `recpeft models list`), a local HF "
+                         "folder or a hub id.", short="-m")
+    method: str = setting("lora", f"PEFT method: {', '.join(METHODS)}.", choices=tuple(METHODS))
+    data: str | None = setting(None, "Data file or folder (formats: docs/data.md); default: the domain's "
+                               "embedded sample.", flag_default="embedded sample")
+    format: str | None = setting(None, f"Data format: {', '.join(DATA_FORMATS)}.", choices=tuple(DATA_FORMATS),
+                                 flag_default="detected from the files")
+    on_bad_rows: str = setting("fail", "fail: stop at the first bad row (file:line); skip: drop bad rows and "
+                               "report how many.", choices=ON_BAD_ROWS)
+    output_dir: str | None = setting(None, "Where the adapter folder is written.", short="-o",
+                                     flag_default="adapters/<domain>")
+    task: str = setting("preference", f"Task: {', '.join(TASKS)}.", choices=tuple(TASKS))
+    train_samples: int = setting(0, "Train on a seeded subset of this many examples (few-shot; 0 = all).",
+                                 range=(0, None))
+    negatives: int = setting(19, "Ranking: sampled negatives per true next item (seeded).", range=(1, 10_000))
+    # optimisation
+    max_steps: int = setting(48, "Optimiser steps; 0 = run --epochs full passes.", range=(0, None))
+    epochs: int = setting(1, "Passes over the training examples when --max-steps is 0.", range=(1, None))
+    batch_size: int = setting(0, "Examples per micro-batch and process; 0 = auto: 8 on the CPU, on CUDA as many "
+                              "as fit --batch-tokens.", range=(0, 4096), flag_default="0 = auto")
+    batch_tokens: int = setting(16384, "With --batch-size 0 on CUDA: tokens per micro-batch at the 95th-percentile "
+                                "prompt length (a power-of-two batch, at most 128).", range=(1, None))
+    grad_accum: int = setting(1, "Micro-batches per optimiser step.", range=(1, 4096))
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, linear warm-up, cosine decay).", range=(0.0, 1.0))
+    weight_decay: float = setting(0.01, "AdamW weight decay on matrices.", range=(0.0, 1.0))
+    warmup_ratio: float = setting(0.1, "Fraction of steps spent warming up.", range=(0.0, 1.0))
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this before each optimiser step; 0 = no "
+                                   "clipping (with --dp-epsilon, --dp-max-grad-norm clips instead).", range=(0.0, None))
+    seed: int = setting(42, "Random seed (data order, subsets, initialisation).", range=(0, 2**32 - 1))
+
+
+# The method settings are base classes so that YAML and flags stay flat (lora_r, --lora-r) while each
+# method reads its own part (LoraSettings.of(cfg)). Dataclass fields follow the reversed MRO, so the
+# order of the bases below keeps the keys in this order: run, LoRA, AdaLoRA, adapter, then the rest.
+@dataclass
+class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     """Everything that defines a training run. Field names are the YAML keys and the `--flag` names."""
 
-    domain: str = "news"
-    model: str = "smollm2-135m"
-    method: str = "lora"
-    data: str | None = None  # None = the domain's embedded sample
-    format: str | None = None  # data format (recpeft.data.load.FORMATS); None = detect from the files
-    on_bad_rows: str = "fail"  # fail: stop at the first bad row (file:line); skip: drop and count them
-    output_dir: str | None = None  # None = adapters/<domain>
-    task: str = "preference"  # preference, click, rating, ranking, interests or instruction (recpeft/objectives/)
-    train_samples: int = 0  # > 0: a seeded subset of this many training examples (few-shot); 0 = all
-    negatives: int = 19  # ranking: sampled negatives per true next item
-    # optimisation
-    max_steps: int = 48  # > 0 caps the run; 0 = run `epochs` full passes
-    epochs: int = 1
-    batch_size: int = 0  # 0 = auto: 8 on the CPU; on CUDA as many as fit batch_tokens (recpeft/gpu.py)
-    batch_tokens: int = 16384  # --batch-size 0 on CUDA: micro-batch tokens at the 95th-percentile prompt length
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    # LoRA
-    lora_r: int = 8
-    lora_alpha: int = 16
-    # 0 = peft's own default. Dropout draws one Bernoulli per input element of every adapted projection:
-    # the largest CPU kernel after the matmuls; a few hundred steps of a rank-8 adapter rarely overfit.
-    lora_dropout: float = 0.0
-    target_modules: list[str] | None = None  # None = per-architecture default (models.default_targets)
-    # AdaLoRA (peft): ranks start at init_r and are pruned towards an average of target_r between
-    # tinit and total - tfinal steps; 0 for tinit/tfinal = 10% / 20% of the run
-    init_r: int = 12
-    target_r: int = 4
-    tinit: int = 0
-    tfinal: int = 0
-    delta_t: int = 1
-    orth_reg_weight: float = 0.5
-    # Houlsby bottleneck adapter (recpeft's own)
-    reduction_factor: int = 16
-    non_linearity: str = "relu"
-    placement: str = "houlsby"  # houlsby: after attention and MLP; pfeiffer: after the MLP only
     # precision and processes
-    bits: int = 0  # 0 = auto: 8 on CUDA (bitsandbytes), 32 on CPU; or 4, 8, 16 (bf16), 32
-    gradient_checkpointing: bool = False
-    num_processes: int = 1
-    # prompts
-    history_len: int = 6  # TALLRec uses 10; 6 keeps the default run within minutes on a 2-core CPU
-    max_length: int = 320
-    item_stats: bool = False  # tag item titles with their training like-rate, "[72% liked]"
+    bits: int = setting(0, "Base precision: 32, 16 (bf16), 8 or 4 (bitsandbytes); 0 = auto.", choices=BITS,
+                        flag_default="8 on CUDA, 32 on CPU")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
+    num_processes: int = setting(1, "Processes for data-parallel training (one per GPU; gloo DDP on CPU), "
+                                 "launched through accelerate.", range=(1, 1024))
+    # prompts; TALLRec shows 10 history items, 6 keeps the default run within minutes on a 2-core CPU
+    history_len: int = setting(6, "Most recent history items in a prompt.", range=(1, 200))
+    max_length: int = setting(320, "Most tokens in a prompt: the oldest history items are dropped until it fits "
+                              "(instruction records lose their beginning).", range=(32, 1_000_000))
+    item_stats: bool = setting(False, "Tag item titles in prompts with their like-rate among training events, "
+                               "e.g. '[72% liked]' (collaborative signal in words).")
     # evaluation and early stopping
-    eval_every: int = 24
-    eval_samples: int = 128  # validation examples scored at each evaluation (0 = all)
-    test_samples: int = 128  # test examples scored in the final summary (0 = all)
-    base_test: bool = True  # also score the test examples with the untrained base (zero-shot column)
-    patience: int = 3  # evaluations without a better validation AUC before stopping (0 = never)
+    eval_every: int = setting(24, "Evaluate on validation every N steps.", range=(1, None))
+    eval_samples: int = setting(128, "Validation examples per evaluation (0 = all).", range=(0, None))
+    test_samples: int = setting(128, "Test examples in the final summary (0 = all).", range=(0, None))
+    base_test: bool = setting(True, "Also score the test examples with the untrained base, for the zero-shot "
+                              "column.")
+    patience: int = setting(3, "Stop after N evaluations without a better validation AUC (0 = never).",
+                            range=(0, None))
     # runtime
-    threads: int = 0  # torch threads per process; 0 = all cores / processes
-    # checkpoints and resume: runs_dir/<domain>/<run-id>/checkpoint-<step> (see checkpoint.py)
-    checkpoint_every: int = 10  # optimiser steps between checkpoints; 0 = only at the end and on Ctrl-C
-    keep_checkpoints: int = 2  # newest checkpoints kept per run
-    runs_dir: str = "runs"
-    resume: str | None = None  # "latest" or a checkpoint (or run) folder
-    # training logs (recpeft/tracking.py): tensorboard = scalars under <run folder>/tensorboard/; none = no events
-    log_with: str = "tensorboard"
-    # differential privacy (recpeft/privacy.py): DP-SGD through opacus when dp_epsilon is set
-    dp_epsilon: float | None = None  # target ε of example-level (ε, δ)-DP; None = off
-    dp_delta: float | None = None  # None = 1e-5, or 1/(10 N) when smaller (N = training examples)
-    dp_max_grad_norm: float = 1.0  # per-example clipping norm C
+    threads: int = setting(0, "Torch CPU threads per process; 0 = all cores / processes.", range=(0, 1024),
+                           flag_default="cores / processes")
+    # checkpoints and resume: runs_dir/<domain>/<run-id>/checkpoint-<step> (recpeft/training/checkpoint.py)
+    checkpoint_every: int = setting(10, "Save a checkpoint (adapter, optimiser, scheduler, RNG, data position) "
+                                    "every N steps; 0 = only at the end and on Ctrl-C.", range=(0, None))
+    keep_checkpoints: int = setting(2, "Newest checkpoints kept per run.", range=(1, 10_000))
+    runs_dir: str = setting("runs", "Checkpoints go to RUNS_DIR/<domain>/<run-id>/checkpoint-<step>.")
+    resume: str | None = setting(None, "Continue a run exactly: 'latest' (newest checkpoint of this domain with "
+                                 "the same settings) or a checkpoint/run folder.", flag_default="off")
+    log_with: str = setting("tensorboard", "Training logs: tensorboard (loss, learning rate, validation metrics, "
+                            "tokens/s, memory under RUNS_DIR/<domain>/<run-id>/tensorboard/) or none.",
+                            choices=LOG_WITH)
+    # differential privacy (recpeft/training/privacy.py): DP-SGD through opacus when dp_epsilon is set
+    dp_epsilon: float | None = setting(None, "Differential privacy: train with DP-SGD (opacus) to this target ε "
+                                       "of (ε, δ)-DP per example, or per user with --dp-max-examples-per-user; "
+                                       "lora or adapter, one process (docs/privacy.md).",
+                                       flag_default="off")
+    dp_delta: float | None = setting(None, "With --dp-epsilon: δ, below 1/N (N = training examples, or users with "
+                                     "--dp-max-examples-per-user).", flag_default="1e-5 or 1/(10 N)")
+    dp_max_grad_norm: float = setting(1.0, "With --dp-epsilon: per-example gradient clipping norm.")
+    dp_max_examples_per_user: int = setting(0, "With --dp-epsilon: user-level DP, at most this many training "
+                                            "examples per user; 0 = example-level DP.", range=(0, 1_000_000))
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("adapters") / self.domain
@@ -106,40 +126,36 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
-# (lower bound, upper bound) for numeric fields; None = unbounded on that side.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "max_steps": (0, None), "epochs": (1, None), "batch_size": (0, 4096), "batch_tokens": (1, None), "grad_accum": (1, 4096),
-    "lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (0.0, None),
-    "seed": (0, 2**32 - 1), "lora_r": (1, 4096), "lora_alpha": (1, None), "lora_dropout": (0.0, 0.99),
-    "history_len": (1, 200), "max_length": (32, 1_000_000), "eval_every": (1, None),
-    "eval_samples": (0, None), "test_samples": (0, None), "patience": (0, None), "threads": (0, 1024),
-    "init_r": (1, 4096), "target_r": (1, 4096), "tinit": (0, None), "tfinal": (0, None), "delta_t": (1, None),
-    "orth_reg_weight": (0.0, None), "reduction_factor": (1, 4096), "num_processes": (1, 1024),
-    "train_samples": (0, None), "negatives": (1, 10_000),
-    "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
-}
-CHOICES = {"domain": DOMAINS, "method": METHODS, "task": TASKS, "bits": BITS,
-           "non_linearity": ("relu", "gelu", "silu", "tanh"), "placement": ("houlsby", "pfeiffer"),
-           "format": tuple(DATA_FORMATS), "on_bad_rows": ON_BAD_ROWS, "log_with": LOG_WITH}
+
+def _kind(annotation: Any) -> tuple[type, bool]:
+    """(value type, None allowed) of an annotation: `int` -> (int, False), `list[str] | None` -> (list, True)."""
+    args = typing.get_args(annotation)
+    nullable = type(None) in args
+    if nullable:
+        annotation = next(a for a in args if a is not type(None))
+    return typing.get_origin(annotation) or annotation, nullable
 
 
-def did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+KINDS: dict[str, tuple[type, bool]] = {name: _kind(tp) for name, tp in typing.get_type_hints(TrainConfig).items()}
+# Views of the metadata, for code that wants one table (None = unbounded on that side).
+RANGES: dict[str, tuple[float | None, float | None]] = {n: f.metadata["range"] for n, f in FIELDS.items()
+                                                        if "range" in f.metadata}
+CHOICES: dict[str, tuple] = {n: tuple(f.metadata["choices"]) for n, f in FIELDS.items() if "choices" in f.metadata}
 
 
 def _check_value(name: str, value: Any, where: str | None) -> Any:
     """Type-check and coerce one value; raise UserError naming the key and location."""
+    kind, nullable = KINDS[name]
     if value is None:
-        if name in ("data", "format", "output_dir", "target_modules", "resume", "dp_epsilon", "dp_delta"):
+        if nullable:
             return None
         raise UserError(f"'{name}' must not be empty", where)
-    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(FIELDS[name].type).split(" ")[0], None)
-    if name == "target_modules":
+    if kind is list:  # a YAML list, or "a,b" from a flag
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise UserError("'target_modules' must be a non-empty list of module names", where)
+            items = FIELDS[name].metadata.get("items", "names")
+            raise UserError(f"'{name}' must be a non-empty list of {items}", where)
         return value
     if kind is bool:
         if not isinstance(value, bool):
@@ -215,7 +231,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
     if cfg.method == "adalora" and cfg.target_r >= cfg.init_r:
         where = sourced.get("target_r", (None, None))[1]
         raise UserError(f"AdaLoRA prunes ranks: target_r ({cfg.target_r}) must be below init_r ({cfg.init_r})", where)
-    from .privacy import check_config as check_privacy
+    from recpeft.training.privacy import check_config as check_privacy
 
     check_privacy(cfg, {key: where for key, (_, where) in sourced.items()})
     return cfg

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import did_you_mean
-from .errors import UserError
+from recpeft.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)

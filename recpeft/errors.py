@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+
 ERROR_PREFIX = "recpeft: error: "  # how the CLI starts a user error's one line (launch.py reads it back)
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean 'x'?)' for the closest option, or ''."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class UserError(Exception):

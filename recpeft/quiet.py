@@ -3,7 +3,7 @@
 recpeft's contract is one clean line on stderr for a user error. Two libraries print on every run:
 - bitsandbytes 0.50, on a CPU with AVX512-BF16, tries at import to fetch a fused 4-bit CPU kernel from
   the `kernels` hub package and logs "Failed to load CPU gemm_4bit_forward from kernels-community" when
-  it cannot (always, here: no hub). recpeft never runs that kernel (recpeft.quantised computes 4-bit
+  it cannot (always, here: no hub). recpeft never runs that kernel (recpeft.kernels.quantised computes 4-bit
   layers on the CPU itself), so the message is noise.
 - peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias inside `PeftModel`, and
   transformers 5 warns (FutureWarning) on every adapter attached or loaded. recpeft itself calls

@@ -19,7 +19,7 @@ def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2, extra_text: s
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from recpeft.data.csvdir import load_sample
+    from recpeft.data.formats.csvdir import load_sample
     from recpeft.domains import DOMAINS
 
     texts = ["### Instruction: ### Response: Yes No (none) . ; : ? Probe", "a; b. c: d?", extra_text]
@@ -47,7 +47,7 @@ def build_small_news(folder: Path, users: int = 12) -> Path:
     about a second with the tiny model)."""
     import shutil
 
-    from recpeft.data.csvdir import SAMPLE_ROOT
+    from recpeft.data.formats.csvdir import SAMPLE_ROOT
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
@@ -90,7 +90,7 @@ def skewed_news(tmp_path_factory) -> Path:
     picks up in a few steps, so a falling loss shows the training loop really optimises."""
     import shutil
 
-    from recpeft.data.csvdir import SAMPLE_ROOT
+    from recpeft.data.formats.csvdir import SAMPLE_ROOT
 
     folder = tmp_path_factory.mktemp("skewed-news")
     shutil.copy(SAMPLE_ROOT / "news" / "items.csv", folder / "items.csv")
@@ -115,7 +115,7 @@ def make_adapter(tiny: Path, out: Path, method: str, domain: str = "news", seed:
     from safetensors.torch import load_file, save_file
 
     from recpeft.config import TrainConfig
-    from recpeft.trainer import train
+    from recpeft.training.trainer import train
 
     cfg = TrainConfig(domain=domain, model=str(tiny), output_dir=str(out), method=method, bits=32, max_steps=2,
                       eval_every=2, batch_size=4, eval_samples=4, test_samples=4, patience=0, lora_dropout=0.0,

@@ -10,7 +10,8 @@ import os
 
 import torch
 
-# (task, domain, extra settings): every scoring loop that recpeft.sharding splits (rows, ranking users, generation)
+# (task, domain, extra settings): every scoring loop that recpeft.evaluation.sharding splits
+# (rows, ranking users, generation)
 CASES = [("preference", "video", {}), ("rating", "ecommerce", {}), ("ranking", "ecommerce", {"negatives": 5}),
          ("interests", "news", {})]
 LIMIT = 9  # 9 rows in batches of 4: 3 batches, so two processes' shares are uneven (2 and 1)
@@ -19,10 +20,10 @@ LIMIT = 9  # 9 rows in batches of 4: 3 batches, so two processes' shares are une
 def evaluate_cases(model: str) -> dict[str, dict]:
     """Each case's validation metrics and per-example outputs with the untrained model, JSON-ready."""
     from recpeft.config import TrainConfig
-    from recpeft.data.csvdir import load_sample
+    from recpeft.data.formats.csvdir import load_sample
     from recpeft.domains import get_domain
-    from recpeft.models import load_base
-    from recpeft.objectives import get_task
+    from recpeft.models.load import load_base
+    from recpeft.tasks import get_task
 
     base, tok, _ = load_base(model)
     out = {}
@@ -41,7 +42,7 @@ def worker(rank: int, world: int, port: int, model: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     from accelerate import PartialState
 
-    from recpeft import sharding
+    from recpeft.evaluation import sharding
 
     with sharding.across(PartialState(cpu=True)) as share:
         results = evaluate_cases(model)

@@ -8,10 +8,10 @@ import random
 import pytest
 
 from recpeft.baselines import REGISTRY, Baseline, FitContext, run_baselines
-from recpeft.data.csvdir import load_sample
-from recpeft.data.schema import Interaction, Item, RecData
 from recpeft.baselines.base import cold_slice, train_interactions
-from recpeft.tasks import cold_start, preference_examples, ranking_examples, subsample, train_item_counts
+from recpeft.data.formats.csvdir import load_sample
+from recpeft.data.schema import Interaction, Item, RecData
+from recpeft.tasks.examples import cold_start, preference_examples, ranking_examples, subsample, train_item_counts
 
 # Small enough for a 1-thread test; the defaults are for real data.
 FAST = {"gru4rec": {"dim": 32, "epochs": 1, "pointwise_epochs": 1, "min_steps": 60, "lr": 1e-2, "dropout": 0.0},
@@ -201,7 +201,7 @@ def test_unknown_names_and_tasks_are_user_errors(video):
 def test_cli_json_and_out_file(tmp_path):
     from typer.testing import CliRunner
 
-    from recpeft.cli import app
+    from recpeft.cli.app import app
 
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["baselines", "--task", "ranking", "--domain", "ecommerce", "--models",

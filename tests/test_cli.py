@@ -57,6 +57,8 @@ CASES = {
     "bad placement": (lambda tmp: (["--placement", "middle"], "choose from houlsby, pfeiffer")),
     "multi-process run, missing data": (lambda tmp: (["--num-processes", "2", "--data", "nowhere"], "nowhere")),
     "bad target modules": (lambda tmp: (["--target-modules", ",", "--dry-run"], "target_modules")),
+    "max length below its range": (lambda tmp: (["--max-length", "8"], "'max_length' must be between 32 and")),
+    "not a number": (lambda tmp: (["--max-grad-norm", "lots"], "Invalid value for '--max-grad-norm'")),
 }
 
 

@@ -16,7 +16,6 @@ import subprocess
 import warnings
 
 import pytest
-
 from bnb_probe import python_forcing
 
 BRANCHES = pytest.mark.parametrize("avx512bf16", [True, False], ids=["avx512bf16", "no-avx512bf16"])
@@ -31,7 +30,7 @@ def _run(avx512bf16: bool, code: str, cwd, home) -> subprocess.CompletedProcess:
 @BRANCHES
 @pytest.mark.parametrize("args", [["--model", "./no/such/model"], ["--data", "nowhere"]], ids=["model", "data"])
 def test_a_user_error_is_one_line_on_either_branch(avx512bf16, args, tmp_path):
-    code = ("from recpeft.cli import main\nimport bitsandbytes.functional as F\n"
+    code = ("from recpeft.cli.app import main\nimport bitsandbytes.functional as F\n"
             f"assert F.has_avx512bf16() is {avx512bf16!r}\n"  # the branch really is the one forced
             f"sys.argv = ['recpeft', 'train', *{args!r}]\n"
             "main()\n")
@@ -46,16 +45,16 @@ import json
 import recpeft  # first, as every recpeft entry point: its filters are in place before bitsandbytes loads
 import bitsandbytes as bnb
 import torch
-from recpeft.batches import collate, encode
+from recpeft.tasks.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
 from recpeft.methods import load_adapter
-from recpeft.models import load_base
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_logits
-from recpeft.tasks import preference_examples
-from recpeft.trainer import train
+from recpeft.models.load import load_base
+from recpeft.tasks.prompts import answer_token_ids
+from recpeft.evaluation.scoring import answer_logits
+from recpeft.tasks.examples import preference_examples
+from recpeft.training.trainer import train
 
 torch.set_num_threads(1)
 model, out = sys.argv[1], sys.argv[2]
@@ -118,6 +117,7 @@ def test_only_the_known_messages_are_dropped(caplog):
         from recpeft import quiet
 
         quiet.install()  # catch_warnings restores the filters on exit; install them inside
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
+                      stacklevel=2)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]

@@ -4,10 +4,10 @@ from collections import defaultdict
 
 import pytest
 
-from recpeft.data.csvdir import SAMPLE_ROOT, load_csv_dir, load_sample
+from recpeft.data.formats.csvdir import SAMPLE_ROOT, load_csv_dir, load_sample
 from recpeft.domains import DOMAINS
 from recpeft.errors import UserError
-from recpeft.tasks import preference_examples
+from recpeft.tasks.examples import preference_examples
 
 
 def test_sample_generation_is_deterministic_and_matches_committed_files(tmp_path):

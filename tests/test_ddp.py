@@ -10,21 +10,23 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import _hooks
 import pytest
 import shard_probe
 import torch
 from safetensors.torch import load_file
 from test_resume import adapter, assert_only_whole_checkpoints, assert_same_adapter, cli_args, settings
 
-from recpeft import checkpoint as ckpts
+from recpeft.training import checkpoint as ckpts
 
 TWO = {"num_processes": 2, "test_samples": 20}  # the test set: 3 batches of 8, shared unevenly
 
 
-def run_two(values: dict, cwd, new_session: bool = False, **env) -> subprocess.CompletedProcess:
-    """`recpeft train` as a user runs it; new_session: in a process group of its own, as in a terminal."""
-    return subprocess.run([sys.executable, "-m", "recpeft", "train", *cli_args(values)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "RECPEFT_HOME": str(cwd / "home"), **env}, timeout=300,
+def run_two(values: dict, cwd, new_session: bool = False, **hooks) -> subprocess.CompletedProcess:
+    """`recpeft train` as a user runs it, through the test driver with its hooks (tests/_hooks.py; the
+    workers run through it too); new_session: in a process group of its own, as in a terminal."""
+    return subprocess.run(_hooks.command("train", *cli_args(values), **hooks), cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "RECPEFT_HOME": str(cwd / "home")}, timeout=300,
                           start_new_session=new_session)
 
 
@@ -41,7 +43,7 @@ def two_reference(tiny_model, small_news, tmp_path_factory):
     """An uninterrupted 2-process run (40 steps over 3 epochs, dropout on): (folder, recpeft.json, process)."""
     work = tmp_path_factory.mktemp("two-reference")
     (work / "dump").mkdir()
-    out = run_two(settings(tiny_model, small_news, work, **TWO), work, RECPEFT_DUMP_RANK_WEIGHTS=str(work / "dump"))
+    out = run_two(settings(tiny_model, small_news, work, **TWO), work, dump_rank_weights=str(work / "dump"))
     assert out.returncode == 0, out.stderr[-3000:]
     return work, json.loads((work / "out" / "recpeft.json").read_text()), out
 
@@ -84,7 +86,7 @@ def test_sharded_evaluation_scores_each_unit_once_and_matches_one_process(tiny_t
     its share, both end with all outputs in order and one process's metrics."""
     import torch.multiprocessing as mp
 
-    from recpeft import sharding
+    from recpeft.evaluation import sharding
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +112,7 @@ def test_sharded_evaluation_scores_each_unit_once_and_matches_one_process(tiny_t
 
 
 def test_two_process_evaluation_is_shared_and_equals_one_process(two_reference):
-    from recpeft.evaluate import evaluate
+    from recpeft.evaluation.evaluate import evaluate
 
     work, meta, _ = two_reference
     m = meta["metrics"]
@@ -135,8 +137,8 @@ def test_ctrl_c_then_a_kill_then_resume_give_the_uninterrupted_adapter(two_refer
     # Ctrl-C in a terminal at step 7: SIGINT to the command's process group, not to the workers (torchrun
     # gives them sessions of their own). It reaches rank 1 while it waits in step 7's all-reduce, so the
     # ranks disagree there until they agree. Checkpoints off: the interrupt's is the only one.
-    out = run_two({**values, "checkpoint_every": 0}, tmp_path, new_session=True, RECPEFT_KILL_AT="step:7",
-                  RECPEFT_KILL_SIGNAL="INT", RECPEFT_KILL_RANK="0", RECPEFT_KILL_TARGET="command")
+    out = run_two({**values, "checkpoint_every": 0}, tmp_path, new_session=True, kill_at="step:7",
+                  kill_signal="INT", kill_rank=0, kill_target="command")
     assert out.returncode == 130, out.stderr[-3000:]
     line = the_line(out)
     assert line.startswith("recpeft: interrupted at step 7; checkpoint saved in ")
@@ -146,7 +148,7 @@ def test_ctrl_c_then_a_kill_then_resume_give_the_uninterrupted_adapter(two_refer
     assert saved.name == "checkpoint-7" and len(ckpts.load(saved).state["rng"]) == 2  # both processes' RNGs
     assert not (tmp_path / "out").exists()
     # resumed, then rank 1 SIGKILLed at step 23 (torchrun stops rank 0): checkpoints every 3 steps up to 21
-    killed = run_two({**values, "resume": "latest"}, tmp_path, RECPEFT_KILL_AT="step:23", RECPEFT_KILL_RANK="1")
+    killed = run_two({**values, "resume": "latest"}, tmp_path, kill_at="step:23", kill_rank=1)
     assert killed.returncode not in (0, 130) and not (tmp_path / "out").exists()
     assert ckpts.checkpoints_in(run)[-1].name == "checkpoint-21"
     assert_only_whole_checkpoints(tmp_path / "runs")

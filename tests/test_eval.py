@@ -4,19 +4,18 @@ import json
 import math
 
 import pytest
-
-from recpeft.config import TrainConfig
-from recpeft.evaluate import evaluate
-from recpeft.trainer import train
 from test_cli import files_under
 
+from recpeft.config import TrainConfig
+from recpeft.evaluation.evaluate import evaluate
+from recpeft.training.trainer import train
 
 N = 16
 
 
 def run_cli(*args, cwd, monkeypatch, capsys):
     """The CLI in this process (its imports are already paid for): (exit code, stdout, stderr)."""
-    from recpeft.cli import main
+    from recpeft.cli.app import main
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr("sys.argv", ["recpeft", *args])
@@ -49,7 +48,8 @@ def test_eval_repeats_the_training_runs_test_score(trained):
     assert report.path == work / "adapters" / "video.eval-rating-test.json"
     assert json.loads(report.path.read_text())["metrics"] == report.metrics
     base_model = json.loads((work / "adapters" / "video" / "recpeft.json").read_text())["base_model"]["name"]
-    base = evaluate("none", model=base_model, domain="video", task="rating", limit=N, threads=1, show_progress=False, write=False)
+    base = evaluate("none", model=base_model, domain="video", task="rating", limit=N, threads=1, show_progress=False,
+                    write=False)
     assert base.metrics["rmse"] == pytest.approx(result.metrics["test_rmse_base"], abs=1e-5)
     assert base.path is None
 

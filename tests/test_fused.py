@@ -7,12 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm
 
-from recpeft import fused
-from recpeft.batches import Encoded, collate
 from recpeft.config import TrainConfig
-from recpeft.fused import FusedLlamaAttention, FusedRMSNorm, use_fused
+from recpeft.kernels import fused
+from recpeft.kernels.fused import FusedLlamaAttention, FusedRMSNorm, use_fused
 from recpeft.methods import get_method
-from recpeft.models import load_base
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import Encoded, collate
 
 
 def _with_lora(model):

@@ -1,4 +1,4 @@
-"""The CUDA-only choices (recpeft.gpu), checked on the CPU: batch size from a token budget, padding to a
+"""The CUDA-only choices (recpeft.kernels.gpu), checked on the CPU: batch size from a token budget, padding to a
 multiple of 8 that leaves scores unchanged, the attention switch, liger-kernel when installed, and
 experiments/bench_gpu.py --smoke (every path of the GPU benchmark on a tiny model)."""
 
@@ -10,18 +10,17 @@ import subprocess
 import sys
 import types
 
-import pytest
 import torch
-
 from conftest import ROOT
-from recpeft import gpu
-from recpeft.batches import collate, encode
-from recpeft.data.csvdir import load_sample
+
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
-from recpeft.models import load_base
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_logits
-from recpeft.tasks import preference_examples
+from recpeft.evaluation.scoring import answer_logits
+from recpeft.kernels import gpu
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import collate, encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids
 
 
 def test_auto_batch_size_fills_the_token_budget_on_cuda_only():
@@ -81,7 +80,7 @@ def test_bench_gpu_smoke_runs_every_path(tmp_path):
 
 
 def test_cuda_scores_all_candidates_of_a_request_in_one_forward():
-    from recpeft.prefix import length_groups, suffix_grouping
+    from recpeft.serving.prefix import length_groups, suffix_grouping
 
     lengths = [5, 9, 14, 30, 7] * 20  # 100 candidates of very different lengths
     slack, rows = suffix_grouping(torch.device("cuda"), 64)

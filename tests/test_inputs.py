@@ -1,6 +1,6 @@
 """Malformed inputs across configs, flags, the CSV loader, checkpoints and adapter folders.
 
-Each case runs the real entry point (recpeft.cli.main, in-process for speed; one also as a subprocess)
+Each case runs the real entry point (recpeft.cli.app.main, in-process for speed; one also as a subprocess)
 and must end with exit code 2, exactly one line on stderr naming the file:line where there is one, no
 traceback (any other exception fails the test) and nothing written anywhere under the working folder.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recpeft.cli import main
+from recpeft.cli.app import main
 
 GOOD_ITEMS = "item_id,title,category\nn1,Rain falls on the city,weather\nn2,Markets rise again,business\n"
 GOOD_INTER = "user_id,item_id,timestamp,rating\nu1,n1,100,5\nu1,n2,200,2\n"
@@ -25,8 +25,9 @@ GOOD_INTER = "user_id,item_id,timestamp,rating\nu1,n1,100,5\nu1,n2,200,2\n"
 def made(tiny_model, tmp_path_factory):
     """A real run's checkpoint and adapter (2 steps), and a second tiny base model with 3 layers."""
     from conftest import build_tiny_model
+
     from recpeft.config import build_config
-    from recpeft.trainer import train
+    from recpeft.training.trainer import train
 
     work = tmp_path_factory.mktemp("made")
     train(build_config(model=str(tiny_model), **RUN, runs_dir=str(work / "runs"), output_dir=str(work / "out")),
@@ -182,8 +183,8 @@ def test_verify_accepts_a_good_adapter(made, tiny_model, capsys, monkeypatch):
 
 def test_latest_passes_over_a_damaged_checkpoint(made, tiny_model, tmp_path, monkeypatch):
     """--resume latest takes the newest checkpoint that can be read; an explicit path is strict (above)."""
-    from recpeft import checkpoint as ckpts
     from recpeft.config import build_config
+    from recpeft.training import checkpoint as ckpts
 
     argv = checkpoint(tmp_path, made, tiny_model, lambda c: (c / "state.json").write_text("{"))
     monkeypatch.chdir(tmp_path)
@@ -199,8 +200,8 @@ def test_nothing_is_ever_unpickled(tiny_model, tmp_path, monkeypatch):
 
     from recpeft import load_adapter
     from recpeft.config import build_config
-    from recpeft.models import load_base
-    from recpeft.trainer import train
+    from recpeft.models.load import load_base
+    from recpeft.training.trainer import train
 
     def trap(*args, **kwargs):
         raise AssertionError("something tried to unpickle")

@@ -1,21 +1,21 @@
-"""Alpaca / TALLRec instruction data trained and evaluated as it is (recpeft/objectives/instruction.py)."""
+"""Alpaca / TALLRec instruction data trained and evaluated as it is (recpeft/tasks/instruction.py)."""
 
 import json
 import math
 import random
 
 import pytest
-
 from conftest import build_tiny_model
+from test_eval import run_cli
+
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_data
+from recpeft.data import load_data
 from recpeft.data.schema import Instruction, InstructionData
 from recpeft.errors import UserError
-from recpeft.evaluate import evaluate
-from recpeft.objectives import get_task, task_name
-from recpeft.tasks import instruction_splits
-from recpeft.trainer import train
-from test_eval import run_cli
+from recpeft.evaluation.evaluate import evaluate
+from recpeft.tasks import get_task, task_name
+from recpeft.tasks.examples import instruction_splits
+from recpeft.training.trainer import train
 
 QUESTION = "Will the user enjoy the next film ? Answer Yes or No ."
 GOOD, BAD = ["bright", "funny", "warm"], ["dull", "grim", "slow"]
@@ -131,7 +131,7 @@ def test_exact_match_compares_first_lines(tiny, colours_file, monkeypatch):
     from transformers import AutoTokenizer
 
     from recpeft.domains import get_domain
-    from recpeft.objectives import instruction
+    from recpeft.tasks import instruction
 
     tok = AutoTokenizer.from_pretrained(tiny)
     task = get_task("instruction", load_data("video", str(colours_file)), get_domain("video"), tok, TrainConfig())
@@ -188,7 +188,8 @@ def test_cli_trains_alpaca_data_and_refuses_a_task_it_cannot_do(tiny, tallrec_fo
 def test_zero_shot_on_the_real_model(tallrec_folder, colours_file):
     """The real chat template carries the record unchanged, and both kinds of data evaluate zero-shot."""
     from recpeft.domains import get_domain
-    from recpeft.models import DEFAULT_MODEL, load_tokenizer, pull
+    from recpeft.models.hub import DEFAULT_MODEL, pull
+    from recpeft.models.load import load_tokenizer
 
     tok = load_tokenizer(str(pull(DEFAULT_MODEL)))
     data = load_data("news", str(tallrec_folder))

@@ -8,8 +8,8 @@ import weakref
 import bitsandbytes as bnb
 import torch
 
-from recpeft.quantised import FrozenInt8Linear, use_frozen
-from recpeft.models import load_base
+from recpeft.kernels.quantised import FrozenInt8Linear, use_frozen
+from recpeft.models.load import load_base
 
 
 def _int8_layer(seed: int = 0) -> torch.nn.Module:

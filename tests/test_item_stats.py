@@ -3,7 +3,7 @@
 import dataclasses
 
 from recpeft.data.schema import Interaction, Item, RecData
-from recpeft.tasks import preference_examples, with_item_stats
+from recpeft.tasks.examples import preference_examples, with_item_stats
 
 
 def _data(flip_last: bool = False) -> RecData:

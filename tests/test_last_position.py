@@ -7,14 +7,15 @@ import contextlib
 import pytest
 import torch
 
-from recpeft.batches import Encoded, collate
 from recpeft.config import TrainConfig
-from recpeft.last_position import LastPositionLlamaLayer, last_position
+from recpeft.evaluation.scoring import answer_rows
+from recpeft.kernels._transformers import LlamaAttention, LlamaDecoderLayer
+from recpeft.kernels.last_position import LastPositionLlamaLayer, last_position, use_last_position
 from recpeft.methods import get_method
-from recpeft.models import load_base
-from recpeft.prefix import cached_answer_logits
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_rows
+from recpeft.models.load import load_base
+from recpeft.serving.prefix import cached_answer_logits
+from recpeft.tasks.batches import Encoded, collate
+from recpeft.tasks.prompts import answer_token_ids
 
 
 def _adapted(tiny_model, method="lora", bits=32):
@@ -70,8 +71,8 @@ def _assert_same(model, tok, atol=1e-5):
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_narrowed_last_block_gives_the_same_logits_and_gradients(tiny_model, method):
     model, tok = _adapted(tiny_model, method)
+    assert isinstance(_layers(model)[-1], LastPositionLlamaLayer)  # installed at load, by kernels.apply
     _assert_same(model, tok)
-    assert isinstance(_layers(model)[-1], LastPositionLlamaLayer)
     assert type(_layers(model)[0]).__name__ == "LlamaDecoderLayer"  # only the last block
 
 
@@ -95,7 +96,7 @@ def test_narrowed_last_block_under_gradient_checkpointing(tiny_model):
 
 def test_cached_prefix_scores_are_unchanged_by_the_narrowed_block(tiny_model, monkeypatch):
     # The prefix's forward fills the last block's cache from the narrowed block; suffixes then read it.
-    import recpeft.prefix
+    import recpeft.serving.prefix
 
     model, tok = _adapted(tiny_model)
     model.eval()
@@ -104,7 +105,7 @@ def test_cached_prefix_scores_are_unchanged_by_the_narrowed_block(tiny_model, mo
     widths = []
     handle = _layers(model)[-1].register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
     narrowed = cached_answer_logits(model, prefix, suffixes, answer_token_ids(tok), tok.pad_token_id)
-    monkeypatch.setattr(recpeft.prefix, "last_position", lambda model: contextlib.nullcontext(False))
+    monkeypatch.setattr(recpeft.serving.prefix, "last_position", lambda model: contextlib.nullcontext(False))
     full = cached_answer_logits(model, prefix, suffixes, answer_token_ids(tok), tok.pad_token_id)
     handle.remove()
     assert widths[0] == 1 and widths[-1] > 1  # narrowed, then full
@@ -137,4 +138,16 @@ def test_an_unknown_block_layout_is_left_alone(tiny_model):
     layers[-1] = Wrapped(layers[-1])
     with last_position(model) as narrowed:
         assert not narrowed
-    assert type(layers[-1].inner).__name__ == "LlamaDecoderLayer"
+    assert use_last_position(model) is False  # nothing to prepare either
+    assert type(layers[-1]) is Wrapped
+
+
+def test_the_context_narrows_only_a_block_apply_prepared(tiny_model):
+    # The class is installed at load (recpeft.kernels.apply), never by the context: a stock block stays stock.
+    model, tok = _adapted(tiny_model)
+    _layers(model)[-1].__class__ = LlamaDecoderLayer
+    _layers(model)[-1].self_attn.__class__ = LlamaAttention
+    with last_position(model) as narrowed:
+        assert not narrowed
+    assert type(_layers(model)[-1]) is LlamaDecoderLayer
+    assert use_last_position(model) and isinstance(_layers(model)[-1], LastPositionLlamaLayer)

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_loaders_bad_input import write
 
 from recpeft.data import load as load_module
-from recpeft.data.load import detect_format, load_data
+from recpeft.data import load_data
+from recpeft.data.load import detect_format
 from recpeft.data.schema import InstructionData, Item, RecData
 from recpeft.errors import UserError
-from test_loaders_bad_input import write
 
 
 def test_item_categories_and_category_fill_each_other():
@@ -124,7 +125,8 @@ def test_second_load_hits_the_cache_and_a_changed_file_misses_it(tmp_path, monke
     folder, _ = write(tmp_path / "d", "movielens")
     first = load_data("video", folder)
     entries = list(Path(os.environ["RECPEFT_DATA_CACHE"]).iterdir())
-    assert len(entries) == 1 and (entries[0] / "recpeft.json").is_file() and (entries[0] / "dataset_dict.json").is_file()
+    assert (len(entries) == 1 and (entries[0] / "recpeft.json").is_file()
+            and (entries[0] / "dataset_dict.json").is_file())
     calls = []
     real = load_module.FORMATS["movielens"].load
     monkeypatch.setattr(load_module.FORMATS["movielens"], "load", lambda *a: calls.append(1) or real(*a))
@@ -160,8 +162,3 @@ def test_cache_off_and_unwritable_cache_still_load(tmp_path, monkeypatch, capsys
     assert "could not write the data cache" in capsys.readouterr().err
 
 
-def test_old_call_still_loads_the_sample():
-    from recpeft.data.csvdir import load_data as old_load_data
-
-    data = old_load_data("news", None)
-    assert data.name == "sample:news" and all(i.categories == (i.category,) for i in data.items.values())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recpeft.data.load import load_data
+from recpeft.data import load_data
 from recpeft.errors import UserError
 
 FLAGS = "|".join(["0"] * 19)
@@ -102,7 +102,8 @@ CASES = {
     ("amazon-unisrec", "empty file"): ("T.text", lambda t: "", 1, False),
     ("amazon-unisrec", "wrong encoding"): ("T.text", lambda t: t.encode("utf-16"), 1, False),
     ("mind", "malformed line"): ("behaviors.tsv", lambda t: t.replace("N2-1", "N2=1"), 1, True),
-    ("mind", "missing column"): ("behaviors.tsv", lambda t: replace_line(t, 2, "2\tU2\t11/13/2019 5:53:12 AM"), 2, True),
+    ("mind", "missing column"): ("behaviors.tsv", lambda t: replace_line(t, 2, "2\tU2\t11/13/2019 5:53:12 AM"),
+                                 2, True),
     ("mind", "non-numeric label"): ("behaviors.tsv", lambda t: t.replace("N1-1", "N1-yes"), 2, True),
     ("mind", "malformed history id"): ("behaviors.tsv", lambda t: replace_line(t, 3, "3\tU1\t11/14/2019 8:00:00 AM\t"
                                                                              "N1 17\tN2-0"), 3, True),
@@ -176,7 +177,7 @@ def test_bad_input_names_file_and_line(tmp_path, capsys, fixture, case):
 
 @pytest.mark.parametrize("fixture,case", list(CASES))
 def test_bad_input_through_the_cli_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys, fixture, case):
-    from recpeft.cli import main
+    from recpeft.cli.app import main
 
     path, where = write(tmp_path / "in", fixture, case)
     run_dir, cache_dir = tmp_path / "run", Path(os.environ["RECPEFT_DATA_CACHE"])
@@ -203,7 +204,7 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
 
 
 def test_instruction_data_is_refused_clearly_by_an_interaction_task(tmp_path, monkeypatch, capsys):
-    from recpeft.cli import main
+    from recpeft.cli.app import main
 
     path, _ = write(tmp_path / "in", "alpaca")  # it trains as --task instruction (tests/test_instruction.py)
     monkeypatch.setattr(sys, "argv", ["recpeft", "train", "--dry-run", "--data", str(path), "--model", "nowhere",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recpeft.data.load import detect_format, load_data
+from recpeft.data import load_data
+from recpeft.data.load import detect_format
 from recpeft.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

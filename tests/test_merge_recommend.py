@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM
 
 import recpeft
 from recpeft.errors import UserError
-from recpeft.merge import combine_adapters, merge_adapter
 from recpeft.methods import load_adapter
-from recpeft.models import load_base
+from recpeft.models.load import load_base
+from recpeft.serving.merge import combine_adapters, merge_adapter
 
 IDS = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 2]])
 
@@ -72,7 +72,7 @@ def test_combine_is_the_weighted_sum_of_updates(tiny_adapters, tiny_task_model, 
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run `recpeft ...` in this process (main(): one-line errors, exit codes); returns (code, out, err)."""
-    from recpeft.cli import main
+    from recpeft.cli.app import main
 
     def run(*args):
         monkeypatch.setattr(sys, "argv", ["recpeft", *map(str, args)])

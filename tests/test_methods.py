@@ -7,16 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recpeft.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
+from recpeft.evaluation.scoring import answer_logits
 from recpeft.methods import load_adapter, method_of
-from recpeft.models import load_base
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_logits
-from recpeft.tasks import preference_examples
-from recpeft.trainer import train
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import collate, encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids
+from recpeft.training.trainer import train
 
 
 def _cfg(tiny_model, data, out, method, bits):
@@ -135,3 +135,61 @@ def test_adalora_schedule_adapts_defaults_and_refuses_user_values_that_leave_no_
     assert schedule(TrainConfig(domain="news", method="adalora", tinit=5, tfinal=5), 100) == (5, 5)
     with pytest.raises(UserError, match="tinit 30 \\+ tfinal 7 leave no step .* 35-step run"):
         schedule(TrainConfig(domain="news", method="adalora", tinit=30), 35)
+
+
+# ------------------------------------------------------------------------------ the method protocol
+
+
+def test_every_registered_method_is_a_method_object():
+    from recpeft.methods import METHODS, get_method
+    from recpeft.methods.base import Method
+
+    for name, (_, peft_type) in METHODS.items():
+        method = get_method(name)
+        assert isinstance(method, Method) and method.name == name and method.peft_type == peft_type
+    # what only AdaLoRA needs is declared on it, not probed: the others keep the no-op defaults
+    assert get_method("adalora").checkpoint_name == "adalora"
+    assert get_method("lora").checkpoint_name is None and get_method("lora").extra_loss(None) is None
+    assert get_method("adapter").report(None, TrainConfig()) == {}
+
+
+# ------------------------------------------------------------------------------ recpeft.json
+
+# recpeft.json as an earlier version wrote it: no tokenizer/config fingerprints yet, a key since dropped
+EARLIER = {"format_version": 1, "recpeft_version": "0.0.9", "domain": "news", "method": "lora", "task": "preference",
+           "positive_verb": "click", "prompt_template": "preference-v1",
+           "verbalizer": {"answers": ["Yes", "No"], "token_ids": [5, 6]},
+           "base_model": {"name": "smollm2-135m", "source": "/cache/smollm2", "fingerprint": "abc"},
+           "target_modules": ["q_proj"], "trainable_parameters": 10, "data": {"name": "news", "fingerprint": "d1"},
+           "train_config": {"lora_r": 8}, "metrics": {"bits": 32, "test_auc": 0.6}, "history": [{"step": 0}],
+           "privacy": None, "dropped_key": [1, 2]}
+
+
+def test_a_recpeft_json_written_earlier_reads_typed_and_writes_back_the_same(tmp_path):
+    from recpeft.adapter_meta import read_meta, write_meta
+
+    (tmp_path / "recpeft.json").write_text(json.dumps(EARLIER))
+    meta = read_meta(tmp_path)
+    assert meta.base_model.name == "smollm2-135m" and meta.base_model.config_fingerprint is None
+    assert meta.data.fingerprint == "d1" and meta.metrics["bits"] == 32 and meta.extra == {"dropped_key": [1, 2]}
+    assert meta.to_dict() == EARLIER
+    write_meta(tmp_path / "again", meta)
+    assert json.loads((tmp_path / "again" / "recpeft.json").read_text()) == EARLIER
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[]", "malformed recpeft.json: not a JSON object"),
+    ('{"domain": "news", "base_model": {"name": "x"}}', "malformed recpeft.json: no 'method'"),
+    ('{"domain": "news", "method": "lora", "base_model": {}}', "'base_model' has no 'name'"),
+    ('{"domain": "news", "method": "lora", "base_model": "x"}', "'base_model' is not a JSON object"),
+    ("{\n oops", "malformed JSON"),
+])
+def test_a_malformed_recpeft_json_is_one_line_naming_the_file(text, says, tmp_path):
+    from recpeft.adapter_meta import read_meta
+    from recpeft.errors import UserError
+
+    (tmp_path / "recpeft.json").write_text(text)
+    with pytest.raises(UserError) as err:
+        read_meta(tmp_path)
+    assert says in str(err.value) and str(tmp_path / "recpeft.json") in str(err.value)
+    assert "\n" not in str(err.value)

@@ -5,21 +5,28 @@ import math
 import pytest
 import torch
 
-from recpeft.batches import collate
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.data.schema import Interaction, Item, RecData
 from recpeft.domains import get_domain
 from recpeft.errors import UserError
-from recpeft.metrics import ranking_metrics, set_metrics
-from recpeft.models import load_base
-from recpeft.objectives import get_task
-from recpeft.objectives.interests import answer_loss, generate
-from recpeft.objectives.ranking import cold_start_metrics
-from recpeft.objectives.rating import expected_rating, rating_class
-from recpeft.tasks import (cold_start, interests_examples, item_categories, ranking_examples, subsample,
-                           top_categories, train_item_counts)
-from recpeft.trainer import train
+from recpeft.evaluation.metrics import ranking_metrics, set_metrics
+from recpeft.models.load import load_base
+from recpeft.tasks import get_task
+from recpeft.tasks.batches import collate
+from recpeft.tasks.examples import (
+    cold_start,
+    interests_examples,
+    item_categories,
+    ranking_examples,
+    subsample,
+    top_categories,
+    train_item_counts,
+)
+from recpeft.tasks.interests import answer_loss, generate
+from recpeft.tasks.ranking import cold_start_metrics
+from recpeft.tasks.rating import expected_rating, rating_class
+from recpeft.training.trainer import train
 
 # (task, domain, rows per sampled training example, extra config)
 CASES = {
@@ -88,7 +95,7 @@ def test_ranking_candidates_are_the_baselines_candidates(tiny_task_model):
 
 def _tail(tok) -> int:
     """Tokens the prompt template puts after the user message (none without a chat template)."""
-    from recpeft.prompts import render
+    from recpeft.tasks.prompts import render
 
     text = render(tok, "MARK")
     return len(tok(text[text.index("MARK") + 4:], add_special_tokens=False)["input_ids"])
@@ -212,7 +219,7 @@ def test_batched_left_padded_generation_matches_one_at_a_time(tiny_task_model):
 
 
 def test_interest_scoring_parses_known_categories(tiny_task_model, monkeypatch):
-    import recpeft.objectives.interests as interests
+    import recpeft.tasks.interests as interests
 
     model, tok, _ = load_base(str(tiny_task_model))
     data, domain = load_sample("news"), get_domain("news")

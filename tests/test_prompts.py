@@ -1,12 +1,12 @@
 import torch
 
-from recpeft.batches import collate, encode
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
-from recpeft.models import load_base
-from recpeft.prompts import answer_token_ids, render, user_message
-from recpeft.scoring import answer_logits
-from recpeft.tasks import preference_examples
+from recpeft.evaluation.scoring import answer_logits
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import collate, encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids, render, user_message
 
 
 def test_prompt_lists_liked_and_disliked_history_then_asks_before_the_target():
@@ -47,7 +47,7 @@ def test_history_is_trimmed_oldest_first_to_fit_max_length(tiny_model):
     long = encode(ex, data, domain, tok, history_len=10, max_length=10_000)
     short = encode(ex, data, domain, tok, history_len=10, max_length=60)
     assert all(len(s.input_ids) <= 60 for s in short)
-    assert all(len(s.input_ids) < len(l.input_ids) for s, l in zip(short, long))
+    assert all(len(s.input_ids) < len(lg.input_ids) for s, lg in zip(short, long))
 
 
 def test_left_padding_does_not_change_the_answer_logits(tiny_model):

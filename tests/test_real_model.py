@@ -7,15 +7,16 @@ import pytest
 import torch
 from peft import PeftModel
 
-from recpeft.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
-from recpeft.models import DEFAULT_MODEL, load_base, pull
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_logits, score
-from recpeft.tasks import preference_examples
-from recpeft.trainer import train
+from recpeft.evaluation.scoring import answer_logits, score
+from recpeft.models.hub import DEFAULT_MODEL, pull
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import collate, encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids
+from recpeft.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

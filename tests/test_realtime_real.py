@@ -4,12 +4,13 @@ probabilities as the naive path."""
 import pytest
 import torch
 
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.data.schema import Item
 from recpeft.domains import get_domain
-from recpeft.models import DEFAULT_MODEL, load_base
-from recpeft.prefix import SENTINEL, cached_answer_logits, naive_answer_logits, split_prompt
-from recpeft.prompts import PreferencePrompt, answer_token_ids, render, user_message
+from recpeft.models.hub import DEFAULT_MODEL
+from recpeft.models.load import load_base
+from recpeft.serving.prefix import SENTINEL, cached_answer_logits, naive_answer_logits, split_prompt
+from recpeft.tasks.prompts import PreferencePrompt, answer_token_ids, render, user_message
 
 pytestmark = pytest.mark.slow
 

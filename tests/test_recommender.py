@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import recpeft
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.data.schema import Item
 from recpeft.errors import UserError
 from recpeft.methods import load_adapter
-from recpeft.models import load_base
-from recpeft.prefix import SENTINEL, split_prompt
-from recpeft.recommender import as_history
+from recpeft.models.load import load_base
+from recpeft.serving.prefix import SENTINEL, split_prompt
+from recpeft.serving.recommender import as_history
 
 ITEMS = list(load_sample("news").items.values())
 HISTORY = [ITEMS[0], (ITEMS[1], False), (ITEMS[2], 4.0), ITEMS[3].title, (ITEMS[4].title, 2)]
@@ -90,7 +90,7 @@ def test_rating_generation_and_history_forms(tiny_adapters):
 def test_prefix_split_matches_joint_tokenisation_on_word_tokenizer(tiny_adapters):
     rec = recpeft.load(tiny_adapters["news"])
     split = rec._preference_split(HISTORY)
-    from recpeft.prompts import PreferencePrompt, render, user_message
+    from recpeft.tasks.prompts import PreferencePrompt, render, user_message
 
     for item in ITEMS[:10]:
         prompt = PreferencePrompt([ITEMS[0], ITEMS[2], Item(ITEMS[3].title, ITEMS[3].title)],
@@ -127,24 +127,25 @@ def test_errors_missing_files_mismatched_base_empty_candidates(tiny_adapters, tm
         recpeft.load_many({"news": tiny_adapters["news"]})["sports"]
 
 
-def test_readme_python_example_runs(tiny_adapters, tmp_path, monkeypatch, capsys):
+def test_docs_python_example_runs(tiny_adapters, tmp_path, monkeypatch, capsys):
+    """The load_many example of docs/python-api.md (the README's own Python block: tests/test_readme.py)."""
     import re
 
     from conftest import ROOT
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "python-api.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "recpeft.load_many" in b)
     (tmp_path / "adapters").mkdir()
     for name in ("news", "video"):
         (tmp_path / "adapters" / name).symlink_to(tiny_adapters[name])
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})
+    exec(compile(block, "docs/python-api.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 6 and out[0].startswith("[") and "Item(" in out[1]
 
 
 def test_length_groups_bound_padding_and_batch_size():
-    from recpeft.prefix import length_groups
+    from recpeft.serving.prefix import length_groups
 
     lengths = [13, 20, 14, 16, 15, 13, 18, 19, 17, 14, 30, 16] * 9
     groups = length_groups(lengths, batch_size=8)

@@ -11,15 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _hooks
 import pytest
 import torch
+from conftest import run_settings
 from safetensors.torch import load_file
 
-from conftest import run_settings
-from recpeft import checkpoint as ckpts
 from recpeft.config import build_config
 from recpeft.errors import UserError
-from recpeft.trainer import train
+from recpeft.training import checkpoint as ckpts
+from recpeft.training.trainer import train
 
 # 285 training examples in batches of 4, 2 micro-batches per step: 36 steps an epoch, so 40 steps cross
 # an epoch boundary. Dropout on, so a wrong RNG state after resume would show.
@@ -36,9 +37,10 @@ def cli_args(values: dict) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recpeft", "train", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "RECPEFT_HOME": str(cwd / "home"), **env}, timeout=600)
+def run_cli(args: list[str], cwd: Path, **hooks) -> subprocess.CompletedProcess:
+    """`recpeft train *args` through the test driver, with its hooks (tests/_hooks.py: kill_at=...)."""
+    return subprocess.run(_hooks.command("train", *args, **hooks), cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "RECPEFT_HOME": str(cwd / "home")}, timeout=600)
 
 
 def adapter(folder: Path) -> dict[str, torch.Tensor]:
@@ -76,7 +78,7 @@ KILLS = [f"step:{k}" for k in sorted(random.Random(6).sample(range(1, 40), 2))] 
 def test_sigkill_then_resume_gives_the_uninterrupted_adapter(kill_at, reference, tiny_model, small_news, tmp_path):
     ref_result, ref_adapter = reference
     values = settings(tiny_model, small_news, tmp_path)
-    killed = run_cli(cli_args(values), tmp_path, RECPEFT_KILL_AT=kill_at)
+    killed = run_cli(cli_args(values), tmp_path, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "out").exists()  # killed before the adapter was renamed into place: nothing, not half
     assert_only_whole_checkpoints(tmp_path / "runs")
@@ -90,7 +92,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter(kill_at, reference,
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(reference, tiny_model, small_news, tmp_path):
     _, ref_adapter = reference
     values = settings(tiny_model, small_news, tmp_path)
-    out = run_cli(cli_args(values), tmp_path, RECPEFT_KILL_AT="step:7", RECPEFT_KILL_SIGNAL="INT")
+    out = run_cli(cli_args(values), tmp_path, kill_at="step:7", kill_signal="INT")
     assert out.returncode == 130, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("recpeft")]
@@ -144,22 +146,25 @@ def test_adalora_allocator_state_survives_a_resume(tiny_model, small_news, tmp_p
 SAVE_SNIPPET = """
 import sys
 from pathlib import Path
+from _hooks import install
+from recpeft.adapter_meta import AdapterMeta, BaseModelInfo
 from recpeft.artifacts import save_adapter_dir
 
 def weights(folder):
     (folder / "adapter_model.safetensors").write_bytes(sys.argv[2].encode() * 1000)
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
 
-meta = {"domain": "news", "base_model": {"name": "x"}, "version": sys.argv[2]}
+install(kill_at=sys.argv[3] or None)
+meta = AdapterMeta(domain="news", method="lora", base_model=BaseModelInfo(name="x"), extra={"version": sys.argv[2]})
 save_adapter_dir(weights, Path(sys.argv[1]), meta, "card " + sys.argv[2])
 """
 
 
 def save_in_subprocess(out: Path, version: str, kill_at: str | None = None) -> int:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    if kill_at:
-        env["RECPEFT_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-c", SAVE_SNIPPET, str(out), version], env=env, timeout=120).returncode
+    here = Path(__file__).resolve()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here.parent)])}
+    return subprocess.run([sys.executable, "-c", SAVE_SNIPPET, str(out), version, kill_at or ""], env=env,
+                          timeout=120).returncode
 
 
 @pytest.mark.parametrize("kill_at", ["rename:news", "swap:news"])

@@ -14,14 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest import ROOT
 from fastapi.testclient import TestClient
 
 import recpeft
-from recpeft.last_position import decoder_layers
-from recpeft.data.csvdir import load_sample
-from recpeft.serve import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, Limits, create_app
-
-from conftest import ROOT
+from recpeft.data.formats.csvdir import load_sample
+from recpeft.kernels.last_position import decoder_layers
+from recpeft.serving.http import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, Limits, create_app
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import load_serve  # noqa: E402
@@ -67,9 +66,11 @@ def test_recommend_and_score_equal_the_python_api(served):
     want = recs["news"].rank([NEWS[0], (NEWS[1], False), (NEWS[2], 4.0)], NEWS[5:25], k=3)
     assert [g["title"] for g in got] == [i.title for i, _ in want]
     assert all(abs(g["score"] - s) < 1e-6 for g, (_, s) in zip(got, want))
-    r = client.post("/v1/score", json={"domain": "ecommerce", "history": [], "items": [{"title": "Desk", "category": "Home"}]})
+    r = client.post("/v1/score", json={"domain": "ecommerce", "history": [],
+                                       "items": [{"title": "Desk", "category": "Home"}]})
     assert r.status_code == 200 and 0 < r.json()["scores"][0] < 1
-    assert abs(r.json()["scores"][0] - recs["ecommerce"].score([], [recpeft.data.schema.Item("Desk", "Desk", "Home")])[0]) < 1e-6
+    assert abs(r.json()["scores"][0]
+               - recs["ecommerce"].score([], [recpeft.data.schema.Item("Desk", "Desk", "Home")])[0]) < 1e-6
 
 
 def test_adapters_health_and_openapi(served):
@@ -290,7 +291,7 @@ def test_score_many_equals_score(served, name):
 def test_serve_flags_have_help_and_check_their_range():
     from typer.testing import CliRunner
 
-    from recpeft.cli import app
+    from recpeft.cli.app import app
 
     text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
     for flag in ("--max-queue", "--timeout", "--batch", "--no-batch", "--max-batch", "--max-body",
@@ -329,7 +330,8 @@ def test_real_uvicorn_server(tiny_adapters, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stdout.read() if proc.poll() is not None else "timeout")
             time.sleep(0.3)
         r = httpx.post(f"{url}/v1/recommend", json={"domain": "video", "history": [NEWS[0]], "candidates": NEWS[:8],
                                                      "k": 2}, timeout=30)

@@ -9,20 +9,19 @@ import warnings
 
 import pytest
 import torch
+from conftest import ROOT
 from transformers import PreTrainedTokenizerBase
 
 from recpeft import runtime
-from recpeft.batches import encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_data
+from recpeft.data import load_data
 from recpeft.domains import get_domain
-from recpeft.models import load_base
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import AnswerRowsHead, answer_logits, answer_rows, score
-from recpeft.tasks import preference_examples
-from recpeft.trainer import train
-
-from conftest import ROOT
+from recpeft.evaluation.scoring import AnswerRowsHead, answer_logits, answer_rows, score
+from recpeft.models.load import load_base
+from recpeft.tasks.batches import encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids
+from recpeft.training.trainer import train
 
 
 def _cfg(tmp_path, model, data, **kw):
@@ -95,7 +94,7 @@ def test_train_step_and_scoring_compute_logits_at_one_position(tiny_model, skewe
 
 
 def _batch(tok, texts):
-    from recpeft.batches import Encoded, collate
+    from recpeft.tasks.batches import Encoded, collate
 
     return collate([Encoded(tok(t, add_special_tokens=False)["input_ids"], 0) for t in texts], tok.pad_token_id)
 
@@ -163,7 +162,8 @@ def test_a_head_that_cannot_be_narrowed_keeps_full_logits(tiny_model):
 @pytest.mark.parametrize("bits", [32, 8])
 def test_gradient_checkpointing_only_when_asked(tiny_model, skewed_news, tmp_path, bits):
     for asked in (False, True):
-        cfg = _cfg(tmp_path, tiny_model, skewed_news, bits=bits, gradient_checkpointing=asked, max_steps=1, eval_every=1)
+        cfg = _cfg(tmp_path, tiny_model, skewed_news, bits=bits, gradient_checkpointing=asked, max_steps=1,
+                   eval_every=1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = train(cfg, save=False, show_progress=False).model.get_base_model()
@@ -196,8 +196,8 @@ def test_bench_train_quick_runs_on_a_tiny_model(tiny_model, tmp_path):
     # the reference is measured during (b), between its steps, and the share is against it
     low, high = r["recpeft"]["matmul_gflops_during_range"]
     assert 0 < low <= r["matmul_gflops_reference"] == r["recpeft"]["matmul_gflops_during"] <= high
-    assert r["recpeft"]["share_of_matmul"] == pytest.approx(r["recpeft"]["useful_gflops"] / r["matmul_gflops_reference"],
-                                                            abs=0.01)
+    assert r["recpeft"]["share_of_matmul"] == pytest.approx(
+        r["recpeft"]["useful_gflops"] / r["matmul_gflops_reference"], abs=0.01)
     # work the loss does not need is left out of the useful FLOPs: the last block beyond its k, v projections
     assert 0 < r["n_not_needed"]["last_unread"] < r["n_block"] / 2
     shares = r["recpeft_step_time_shares"]

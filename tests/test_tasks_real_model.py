@@ -2,9 +2,10 @@
 
 import pytest
 
-from recpeft.evaluate import evaluate
-from recpeft.models import DEFAULT_MODEL, load_tokenizer, pull
-from recpeft.prompts import RATING_ANSWERS, answer_token_ids
+from recpeft.evaluation.evaluate import evaluate
+from recpeft.models.hub import DEFAULT_MODEL, pull
+from recpeft.models.load import load_tokenizer
+from recpeft.tasks.prompts import RATING_ANSWERS, answer_token_ids
 
 pytestmark = pytest.mark.slow
 

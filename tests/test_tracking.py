@@ -8,18 +8,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _hooks
 import pytest
 import torch
-
 from conftest import run_settings
+
+from recpeft.cli.runs import list_runs
 from recpeft.config import build_config
 from recpeft.errors import Interrupted
-from recpeft.runs import list_runs
-from recpeft.trainer import train
+from recpeft.training.trainer import train
 
 # 285 training examples, batches of 4, 2 micro-batches per optimiser step; dropout on, so a resume that
 # restored the wrong RNG would log other losses than the uninterrupted run.
@@ -85,9 +85,10 @@ def lr_used_per_step(cfg) -> list[float]:
     return used
 
 
-def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recpeft", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "RECPEFT_HOME": str(cwd / "home"), **env}, timeout=600)
+def run_cli(args: list[str], cwd: Path, **hooks) -> subprocess.CompletedProcess:
+    """`recpeft *args` through the test driver, with its hooks (tests/_hooks.py: kill_at=...)."""
+    return subprocess.run(_hooks.command(*args, **hooks), cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "RECPEFT_HOME": str(cwd / "home")}, timeout=600)
 
 
 def cli_args(values: dict) -> list[str]:
@@ -144,7 +145,7 @@ def test_a_sigkilled_run_resumed_logs_every_step_once(tiny_model, news, tmp_path
     assert reference.metrics["steps"] == 10
 
     (tmp_path / "killed").mkdir()
-    killed = run_cli(["train", *cli_args(values)], tmp_path / "killed", RECPEFT_KILL_AT="step:8")
+    killed = run_cli(["train", *cli_args(values)], tmp_path / "killed", kill_at="step:8")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run = only_run(tmp_path / "killed")
     (row,) = list_runs(tmp_path / "killed" / "runs")
@@ -170,7 +171,7 @@ def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
     """TensorBoard reads event files in name order; names start with the second they were made."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from recpeft.tracking import _wait_to_sort_last
+    from recpeft.training.tracking import _wait_to_sort_last
 
     for _ in range(2):
         _wait_to_sort_last(tmp_path)
@@ -184,15 +185,12 @@ def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
 # ----------------------------------------------------------------------------------------- recpeft runs
 
 
-def test_runs_lists_finished_and_interrupted_runs_newest_first(tiny_model, news, tmp_path, monkeypatch):
+def test_runs_lists_finished_and_interrupted_runs_newest_first(tiny_model, news, tmp_path):
     values = settings(tiny_model, news, tmp_path)
     train(build_config(**values), show_progress=False)
     time.sleep(1.1)  # run ids are start times to the second
-    monkeypatch.setenv("RECPEFT_KILL_AT", "step:4")
-    monkeypatch.setenv("RECPEFT_KILL_SIGNAL", "INT")
-    with pytest.raises(Interrupted):
+    with _hooks.hooks(kill_at="step:4", kill_signal="INT"), pytest.raises(Interrupted):
         train(build_config(**values), show_progress=False)
-    monkeypatch.delenv("RECPEFT_KILL_AT")
 
     out = run_cli(["runs", "--runs-dir", "runs"], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -236,6 +234,6 @@ def test_yaml_key_and_resume_may_change_it(tmp_path):
     (tmp_path / "c.yaml").write_text("log_with: none\n")
     assert build_config(tmp_path / "c.yaml").log_with == "none"
     assert build_config().log_with == "tensorboard"
-    from recpeft.checkpoint import RUN_KEYS
+    from recpeft.training.checkpoint import RUN_KEYS
 
     assert "log_with" in RUN_KEYS  # where logs go may change on a resume, like --runs-dir

@@ -5,15 +5,15 @@ import torch
 from peft import PeftModel
 
 from recpeft.artifacts import CONTRACT_FILES
-from recpeft.batches import collate, encode
 from recpeft.config import TrainConfig
-from recpeft.data.csvdir import load_sample
+from recpeft.data.formats.csvdir import load_sample
 from recpeft.domains import get_domain
-from recpeft.models import fingerprint, load_base
-from recpeft.prompts import answer_token_ids
-from recpeft.scoring import answer_logits
-from recpeft.tasks import preference_examples
-from recpeft.trainer import train
+from recpeft.evaluation.scoring import answer_logits
+from recpeft.models.load import fingerprint, load_base
+from recpeft.tasks.batches import collate, encode
+from recpeft.tasks.examples import preference_examples
+from recpeft.tasks.prompts import answer_token_ids
+from recpeft.training.trainer import train
 
 
 def tiny_cfg(tiny_model, out, **kw) -> TrainConfig:
@@ -92,6 +92,7 @@ def test_adapter_for_another_base_is_refused_unless_forced(trained, tmp_path):
     import warnings
 
     from conftest import build_tiny_model
+
     from recpeft import load_adapter
     from recpeft.errors import UserError
 
@@ -116,8 +117,8 @@ def test_matching_base_loads_through_the_public_api(trained, tiny_model):
     batch = collate(encode(preference_examples(data)["test"][:4], data, domain, tok, 10, 320), tok.pad_token_id)
     ids = answer_token_ids(tok)
     with torch.no_grad():
-        torch.testing.assert_close(answer_logits(model.eval(), batch, ids), answer_logits(result.model.eval(), batch, ids),
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(answer_logits(model.eval(), batch, ids),
+                                   answer_logits(result.model.eval(), batch, ids), atol=0, rtol=0)
 
 
 def test_adapter_files_are_readable_by_others(trained):

@@ -1,6 +1,6 @@
 """Classical baselines on exactly the LLM's splits and candidates; one entry point, `run_baselines`.
 
-Every baseline fits only on the train period (per-user temporal split of recpeft.tasks) and, to score
+Every baseline fits only on the train period (per-user temporal split of recpeft.tasks.examples) and, to score
 a validation or test target, reads only that user's history before the target, cut to the same
 `history_len` window the LLM's prompt shows. Preference and rating score the same (user, target)
 pairs as the LLM; ranking scores the same seeded candidate lists.
@@ -9,19 +9,19 @@ pairs as the LLM; ranking scores the same seeded candidate lists.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from ..data.schema import RecData
-from ..errors import UserError
-from ..metrics import binary_metrics, ranking_metrics, rating_metrics
-from ..tasks import preference_examples, ranking_examples, subsample
-from .base import TASKS, Baseline, FitContext, cold_slice, label, train_interactions
-from .bpr import BPR
-from .chance import Random
-from .gru4rec import GRU4Rec
-from .itemknn import ItemKNN
-from .logreg import LogReg
-from .popularity import Popularity
+from recpeft.baselines.base import TASKS, Baseline, FitContext, cold_slice, label, train_interactions
+from recpeft.baselines.bpr import BPR
+from recpeft.baselines.chance import Random
+from recpeft.baselines.gru4rec import GRU4Rec
+from recpeft.baselines.itemknn import ItemKNN
+from recpeft.baselines.logreg import LogReg
+from recpeft.baselines.popularity import Popularity
+from recpeft.data.schema import RecData
+from recpeft.errors import UserError
+from recpeft.evaluation.metrics import binary_metrics, ranking_metrics, rating_metrics
+from recpeft.tasks.examples import preference_examples, ranking_examples, subsample
 
 REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, LogReg)}
 
@@ -84,7 +84,7 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
 
     task: preference (like/click, AUC), rating (RMSE/MAE) or ranking (1 true + `negatives` seeded
     candidates; HR/NDCG/MRR). `train_samples` N > 0 is the few-shot mode of preference/rating: every
-    model sees only the same seeded N training examples the LLM gets (`recpeft.tasks.subsample`),
+    model sees only the same seeded N training examples the LLM gets (`recpeft.tasks.examples.subsample`),
     their targets and visible histories, and nothing else of the train period. The cold-start slice
     holds the test targets whose item has at most `cold_max_train` train-period interactions.
     `params` overrides a baseline's constructor arguments, e.g. {"gru4rec": {"epochs": 5}}.
@@ -128,4 +128,4 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, 
     return results
 
 
-from .report import baseline_report, format_report  # noqa: E402  (report imports run_baselines)
+from recpeft.baselines.report import baseline_report, format_report  # noqa: E402  (report imports run_baselines)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..data.schema import Interaction, RecData
-from ..tasks import Example, RankingExample, split_user
+from recpeft.data.schema import Interaction, RecData
+from recpeft.tasks.examples import Example, RankingExample, split_user
 
 TASKS = ("preference", "ranking", "rating")
-# Events per user each protocol holds out (valid, test), as recpeft.tasks builds them.
+# Events per user each protocol holds out (valid, test), as recpeft.tasks.examples builds them.
 HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1)}
 
 
@@ -36,7 +36,7 @@ def target_item(example: Example | RankingExample) -> str:
 
 def cold_slice(examples: list, train: list[Interaction], max_train: int = 2) -> list:
     """The examples whose target item has at most `max_train` interactions in the train period. For
-    ranking this is recpeft.tasks.cold_start with train_item_counts (the LLM's slice); it also
+    ranking this is recpeft.tasks.examples.cold_start with train_item_counts (the LLM's slice); it also
     serves preference/rating, whose train period ends two events earlier."""
     counts = Counter(x.item_id for x in train)
     return [e for e in examples if counts[target_item(e)] <= max_train]

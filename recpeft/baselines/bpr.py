@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..tasks import RankingExample
-from .base import Baseline, FitContext
+from recpeft.baselines.base import Baseline, FitContext
+from recpeft.tasks.examples import RankingExample
 
 
 class BPR(Baseline):

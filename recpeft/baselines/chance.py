@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tasks import Example, RankingExample
-from .base import Baseline, FitContext
+from recpeft.baselines.base import Baseline, FitContext
+from recpeft.tasks.examples import Example, RankingExample
 
 
 class Random(Baseline):

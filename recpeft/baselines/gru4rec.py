@@ -15,9 +15,9 @@ import math
 import torch
 from torch import nn
 
-from ..data.schema import Interaction
-from ..tasks import Example, RankingExample
-from .base import Baseline, FitContext, label
+from recpeft.baselines.base import Baseline, FitContext, label
+from recpeft.data.schema import Interaction
+from recpeft.tasks.examples import Example, RankingExample
 
 
 class _Net(nn.Module):

@@ -12,9 +12,9 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.metrics.pairwise import cosine_similarity
 
-from ..tasks import Example, RankingExample
-from .base import Baseline, FitContext, value
-from .popularity import ItemStats
+from recpeft.baselines.base import Baseline, FitContext, value
+from recpeft.baselines.popularity import ItemStats
+from recpeft.tasks.examples import Example, RankingExample
 
 
 class ItemKNN(Baseline):

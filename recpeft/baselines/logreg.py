@@ -16,9 +16,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..tasks import Example, item_categories as categories
-from .base import Baseline, FitContext, label, value
-from .popularity import ItemStats
+from recpeft.baselines.base import Baseline, FitContext, label, value
+from recpeft.baselines.popularity import ItemStats
+from recpeft.tasks.examples import Example
+from recpeft.tasks.examples import item_categories as categories
 
 
 class LogReg(Baseline):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from ..data.schema import Interaction
-from ..tasks import Example, RankingExample
-from .base import Baseline, FitContext, value
+from recpeft.baselines.base import Baseline, FitContext, value
+from recpeft.data.schema import Interaction
+from recpeft.tasks.examples import Example, RankingExample
 
 
 class ItemStats:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..artifacts import write_json_atomic
-from ..config import DOMAINS
-from ..data.csvdir import load_data
-from ..data.schema import RecData
-from ..errors import UserError
+from recpeft.artifacts import write_json_atomic
+from recpeft.data import load_data
+from recpeft.data.schema import RecData
+from recpeft.domains import DOMAINS
+from recpeft.errors import UserError
 
 COLUMNS = {"preference": ("auc", "logloss"), "rating": ("rmse", "mae"),
            "ranking": ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")}
@@ -24,7 +24,7 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                     log: Callable[[str], None] | None = None) -> dict:
     """Load the data, run the baselines, and return (and optionally write to `out`) the results with
     what produced them: data name, path and fingerprint, settings, sizes and wall time."""
-    from . import run_baselines  # late: this module is imported by the package itself
+    from recpeft.baselines import run_baselines  # late: this module is imported by the package itself
 
     if domain not in DOMAINS:
         raise UserError(f"unknown domain '{domain}'; choose from {', '.join(DOMAINS)}")

@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..models import recpeft_home
-from .rows import say
-from .schema import Instruction, InstructionData, Interaction, Item, RecData
+from recpeft.data.rows import say
+from recpeft.data.schema import Instruction, InstructionData, Interaction, Item, RecData
+from recpeft.models.hub import recpeft_home
 
 LAYOUT = 1  # bump when the stored columns change
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import UserError
-from . import alpaca, amazon, amazon_unisrec, cache, csvdir, jsonl, mind, movielens
-from .rows import ON_BAD_ROWS, BadRows, say
-from .schema import InstructionData, RecData
+from recpeft.data import cache
+from recpeft.data.formats import alpaca, amazon, amazon_unisrec, csvdir, jsonl, mind, movielens
+from recpeft.data.rows import ON_BAD_ROWS, BadRows, say
+from recpeft.data.schema import InstructionData, RecData
+from recpeft.errors import UserError
 
 FORMATS: dict[str, ModuleType] = {
     "movielens": movielens, "amazon": amazon, "amazon-unisrec": amazon_unisrec, "mind": mind,

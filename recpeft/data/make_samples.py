@@ -205,7 +205,7 @@ def _report(domain):
     theme = [it[3] for it in items]
     liked = np.array([lk for _, lk in latent])
     by_user = {}
-    for k, (u, i, ts, _) in enumerate(rows):
+    for k, (u, _i, _ts, _) in enumerate(rows):
         by_user.setdefault(u, []).append(k)
     # Sanity: time order, strictly increasing times, no repeated (user, item), unique titles.
     for ks in by_user.values():
@@ -225,7 +225,8 @@ def _report(domain):
             hist, target = ks[:pos], theme[rows[ks[pos]][1]]
             pos_h = [theme[rows[k][1]] for k in hist if liked[k]]
             neg_h = [theme[rows[k][1]] for k in hist if not liked[k]]
-            share = lambda h: sum(t == target for t in h) / len(h) if h else 0.0
+            def share(h, target=target):
+                return sum(t == target for t in h) / len(h) if h else 0.0
             heur.append(share(pos_h) - share(neg_h))
     sums, counts = np.zeros(len(items)), np.zeros(len(items))
     for k in train:

@@ -12,10 +12,11 @@ import gzip
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import UserError
+from recpeft.errors import UserError
 
 ON_BAD_ROWS = ("fail", "skip")
 

@@ -1,7 +1,9 @@
 """AdaLoRA through peft: SVD-shaped LoRA whose rank budget shrinks from init_r towards target_r.
 
 peft adds AdaLoRA's orthogonality penalty only when the model computes its own LM loss; recpeft
-computes a verbaliser loss outside the model, so `extra_loss` adds the same penalty here.
+computes a verbaliser loss outside the model, so `extra_loss` adds the same penalty here. The rank
+allocator's running state goes into checkpoints, the final budget is applied before saving, and the
+ranks are reported in the run's metrics: all through the Method hooks (methods/base.py).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import torch
 from peft import AdaLoraConfig
 
-from ..config import TrainConfig
-from ..errors import UserError
-from . import lora
-from .lora import disabled, save, wrap  # noqa: F401  (same peft save/load contract)
+from recpeft.config import TrainConfig
+from recpeft.errors import UserError
+from recpeft.methods.base import MethodState
+from recpeft.methods.lora import Lora, wrap
+from recpeft.methods.settings import AdaLoraSettings, LoraSettings
 
 
-def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
+def schedule(cfg: AdaLoraSettings | TrainConfig, total_steps: int) -> tuple[int, int]:
     """(tinit, tfinal): the configured values, or 10% / 20% of the run, leaving room to prune.
 
     Defaults that leave no pruning steps in a short run shrink; values the user set are never
@@ -32,19 +35,6 @@ def schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
     return tinit, tfinal
 
 
-def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int):
-    tinit, tfinal = schedule(cfg, total_steps)
-    config = AdaLoraConfig(init_r=cfg.init_r, target_r=cfg.target_r, tinit=tinit, tfinal=tfinal,
-                           deltaT=cfg.delta_t, orth_reg_weight=cfg.orth_reg_weight, total_step=total_steps,
-                           lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                           task_type="CAUSAL_LM")
-    return match_ranknum_dtype(wrap(model, config))
-
-
-def load(base, folder):
-    return match_ranknum_dtype(lora.load(base, folder))
-
-
 def match_ranknum_dtype(model):
     """Give each layer's fp32 `ranknum` the base's compute dtype.
 
@@ -58,22 +48,6 @@ def match_ranknum_dtype(model):
             if "ranknum" in name:
                 p.data = p.data.to(dtype)
     return model
-
-
-def extra_loss(model) -> torch.Tensor:
-    """orth_reg_weight * mean over adapted layers of ||P^T P - I||_F + ||Q Q^T - I||_F."""
-    weight = model.peft_config[model.active_adapter].orth_reg_weight
-    terms = []
-    for name, p in model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
-            para = p @ p.T if "lora_A" in name else p.T @ p
-            eye = torch.eye(*para.size(), out=torch.empty_like(para))
-            terms.append(torch.norm(para - eye, p="fro"))
-    return weight * torch.stack(terms).mean() if terms else torch.zeros(())
-
-
-def after_step(model, step: int) -> None:
-    model.base_model.update_and_allocate(step)
 
 
 def ranks(model) -> dict[str, int]:
@@ -98,8 +72,6 @@ def apply_rank_pattern(model) -> None:
             if mask is not None:
                 p[~torch.tensor(mask, dtype=torch.bool).view(p.shape[0], *([1] * (p.ndim - 1)))] = 0
 
-
-
 def allocator_state(model) -> tuple[dict[str, torch.Tensor], dict]:
     """The rank allocator's running importance scores (tensors) and the current rank pattern (JSON):
     what `update_and_allocate` carries from one step to the next, for an exact resume."""
@@ -120,3 +92,55 @@ def load_allocator_state(model, tensors: dict[str, torch.Tensor], extra: dict) -
         kind, name = key.split("/", 1)
         getattr(alloc, kind)[name] = t.to(device)
     model.peft_config[model.active_adapter].rank_pattern = extra.get("rank_pattern")
+
+
+class AdaLora(Lora):
+    # Same peft save/load/disable contract as LoRA; the hooks below are AdaLoRA's own.
+    name, peft_type, settings = "adalora", "ADALORA", AdaLoraSettings
+    checkpoint_name = "adalora"  # adalora.safetensors: the allocator's importance scores
+
+    def attach(self, model, cfg: TrainConfig, targets: list[str], total_steps: int):
+        o, lo = self.options(cfg), LoraSettings.of(cfg)  # LoRA's alpha and dropout apply too
+        tinit, tfinal = schedule(o, total_steps)
+        config = AdaLoraConfig(init_r=o.init_r, target_r=o.target_r, tinit=tinit, tfinal=tfinal,
+                               deltaT=o.delta_t, orth_reg_weight=o.orth_reg_weight, total_step=total_steps,
+                               lora_alpha=lo.lora_alpha, lora_dropout=lo.lora_dropout, target_modules=targets,
+                               task_type="CAUSAL_LM")
+        return match_ranknum_dtype(wrap(model, config))
+
+    def load(self, base, folder):
+        return match_ranknum_dtype(super().load(base, folder))
+
+    def extra_loss(self, model) -> torch.Tensor:
+        """orth_reg_weight * mean over adapted layers of ||P^T P - I||_F + ||Q Q^T - I||_F."""
+        weight = model.peft_config[model.active_adapter].orth_reg_weight
+        terms = []
+        for name, p in model.named_parameters():
+            if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
+                para = p @ p.T if "lora_A" in name else p.T @ p
+                eye = torch.eye(*para.size(), out=torch.empty_like(para))
+                terms.append(torch.norm(para - eye, p="fro"))
+        return weight * torch.stack(terms).mean() if terms else torch.zeros(())
+
+    def after_step(self, model, step: int) -> None:
+        model.base_model.update_and_allocate(step)  # re-allocate the rank budget
+
+    def checkpoint_state(self, model) -> MethodState:
+        return allocator_state(model)
+
+    def restore_checkpoint_state(self, model, tensors, extra) -> None:
+        load_allocator_state(model, tensors, extra)
+
+    def finalise(self, model) -> None:
+        apply_rank_pattern(model)  # the saved file holds only the final budget's ranks
+
+    def report(self, model, cfg: TrainConfig) -> dict:
+        found = ranks(model)
+        return {"ranks": found, "rank_budget": {"init": self.options(cfg).init_r * len(found),
+                                                "final": sum(found.values())}}
+
+
+METHOD = AdaLora()
+# The module-level API callers used before methods were objects.
+attach, save, load, disabled = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled
+extra_loss, after_step = METHOD.extra_loss, METHOD.after_step

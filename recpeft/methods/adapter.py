@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-
-from ..config import TrainConfig
-from ..errors import UserError
-from . import bottleneck
-from .bottleneck import PEFT_TYPE  # noqa: F401  (used to recognise saved folders)
-
-
-def config_of(cfg: TrainConfig) -> bottleneck.BottleneckConfig:
-    return bottleneck.BottleneckConfig(reduction_factor=cfg.reduction_factor, non_linearity=cfg.non_linearity,
-                                       placement=cfg.placement, dropout=cfg.lora_dropout)
+from recpeft.config import TrainConfig
+from recpeft.errors import UserError
+from recpeft.methods import bottleneck
+from recpeft.methods.base import Method
+from recpeft.methods.bottleneck import PEFT_TYPE
+from recpeft.methods.settings import AdapterSettings, LoraSettings
 
 
-def attach(model, cfg: TrainConfig, targets: list[str] | None = None, total_steps: int = 0):
-    try:
-        return bottleneck.attach(model, config_of(cfg))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+class Adapter(Method):
+    # disabled() keeps the default no-op: an untrained bottleneck adapter is an exact identity (its
+    # up-projection starts at zero).
+    name, peft_type, settings = "adapter", PEFT_TYPE, AdapterSettings
+
+    def config_of(self, cfg: TrainConfig) -> bottleneck.BottleneckConfig:
+        o = self.options(cfg)
+        return bottleneck.BottleneckConfig(reduction_factor=o.reduction_factor, non_linearity=o.non_linearity,
+                                           placement=o.placement, dropout=LoraSettings.of(cfg).lora_dropout)
+
+    def attach(self, model, cfg: TrainConfig, targets: list[str] | None = None, total_steps: int = 0):
+        try:
+            return bottleneck.attach(model, self.config_of(cfg))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def save(self, model, folder, cfg: TrainConfig) -> None:
+        bottleneck.save(model, folder, self.config_of(cfg))
+
+    def load(self, base, folder):
+        return bottleneck.load(base, folder)
 
 
-def save(model, folder, cfg: TrainConfig) -> None:
-    bottleneck.save(model, folder, config_of(cfg))
-
-
-def load(base, folder):
-    return bottleneck.load(base, folder)
-
-
-def disabled(model):
-    # An untrained bottleneck adapter is an exact identity (its up-projection starts at zero).
-    return contextlib.nullcontext()
+METHOD = Adapter()
+# The module-level API callers used before methods were objects.
+attach, save, load, disabled, config_of = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled, METHOD.config_of

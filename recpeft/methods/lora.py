@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..config import TrainConfig
-from ..errors import UserError
+from recpeft.config import TrainConfig
+from recpeft.errors import UserError
+from recpeft.methods.base import Method
+from recpeft.methods.settings import LoraSettings
 
 
 def wrap(model, config):
@@ -16,18 +18,24 @@ def wrap(model, config):
         raise UserError(f"cannot attach {config.peft_type.value.lower()}: {str(exc).splitlines()[0]}") from None
 
 
-def attach(model, cfg: TrainConfig, targets: list[str], total_steps: int = 0):
-    return wrap(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                  target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+class Lora(Method):
+    name, peft_type, settings = "lora", "LORA", LoraSettings
+
+    def attach(self, model, cfg: TrainConfig, targets: list[str], total_steps: int = 0):
+        o = self.options(cfg)
+        return wrap(model, LoraConfig(r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
+                                      target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+
+    def save(self, model, folder, cfg: TrainConfig | None = None) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+
+    def load(self, base, folder):
+        return PeftModel.from_pretrained(base, str(folder))
+
+    def disabled(self, model):
+        return model.disable_adapter()
 
 
-def save(model, folder, cfg: TrainConfig | None = None) -> None:
-    model.save_pretrained(folder, safe_serialization=True)
-
-
-def load(base, folder):
-    return PeftModel.from_pretrained(base, str(folder))
-
-
-def disabled(model):
-    return model.disable_adapter()
+METHOD = Lora()
+# The module-level API callers used before methods were objects.
+attach, save, load, disabled = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled

@@ -1,0 +1,3 @@
+from recpeft.cli.app import app, main
+
+__all__ = ["app", "main"]

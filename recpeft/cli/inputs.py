@@ -1,0 +1,65 @@
+"""`recpeft recommend`: parse a history string and a candidate source, rank with one adapter."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from recpeft.data.schema import Item
+from recpeft.errors import UserError
+
+
+def parse_history(text: str) -> list[tuple[str, bool]]:
+    """'A; B; -C' -> [(A, liked), (B, liked), (C, disliked)]: ';' separates, a leading '-' marks a dislike."""
+    out = []
+    for part in text.split(";"):
+        title = part.strip()
+        if not title:
+            continue
+        liked = not title.startswith("-")
+        title = title.lstrip("-").strip()
+        if title:
+            out.append((title, liked))
+    return out
+
+
+def read_candidates(path: Path) -> list[Item]:
+    """One title per line, or a CSV whose header has a 'title' column (item_id and category optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("candidates file not found", str(path))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = [h.strip() for h in next(csv.reader(lines[:1]), [])]
+    if "title" in header and len(header) > 1:
+        items = []
+        for n, row in enumerate(csv.DictReader(lines), start=2):
+            title = (row.get("title") or "").strip()
+            if not title:
+                raise UserError("empty title", f"{path}:{n}")
+            items.append(Item((row.get("item_id") or title).strip(), title, (row.get("category") or "").strip()))
+    else:
+        items = [Item(t.strip(), t.strip()) for t in lines if t.strip()]
+    if not items:
+        raise UserError("the candidate list is empty; give at least one item to rank", str(path))
+    return items
+
+
+def recommend(adapter: Path, history: str, candidates: Path | None, from_catalog: bool, k: int,
+              bits: int | None = None, force: bool = False) -> list[dict[str, Any]]:
+    """Rank candidates (a file, or the adapter's catalogue minus the history) for the history; top k rows."""
+    from recpeft.serving.recommender import load
+
+    if (candidates is None) == (not from_catalog):
+        raise UserError("give exactly one of --candidates FILE and --from-catalog")
+    parsed = parse_history(history)
+    items = read_candidates(candidates) if candidates is not None else None
+    rec = load(adapter, bits=bits, force=force)
+    known = rec.lookup([t for t, _ in parsed])  # catalogue titles get their category, as in training
+    entries = [(item, liked) for item, (_, liked) in zip(known, parsed)]
+    if items is None:
+        seen = {i.item_id for i in known}
+        items = [i for i in rec.catalog() if i.item_id not in seen]
+    ranked = rec.rank(entries, items, k=k)
+    return [{"rank": n, "item_id": item.item_id, "title": item.title, "category": item.category, "score": score}
+            for n, (item, score) in enumerate(ranked, start=1)]

@@ -1,0 +1,1 @@
+"""Base models: built-in ones fetched from PyPI (hub.py) and loading + fingerprinting (load.py)."""

@@ -1,0 +1,311 @@
+"""Use trained adapters from Python: score, rank, predict ratings, describe interests, write pitches.
+
+    import recpeft
+    rec = recpeft.load("adapters/news")
+    rec.rank(["Stocks fall as earnings beat", ("Governor rejects immigration proposal", False)],
+             ["Markets rally on rate cut", "Band cancels tour"], k=1)
+
+History entries: a title (str) or an `Item` counts as liked; `(title_or_item, True/False)` says liked
+or disliked; `(title_or_item, 4.0)` gives a 1-5 rating (> 3 counts as liked, as in training). Items
+and candidates: a title (str) or an `Item` (whose category, when set, is shown in the prompt as in
+training). Only the adapter's training `history_len` most recent entries (the list's end) are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from recpeft.adapter_meta import AdapterMeta, read_meta
+from recpeft.artifacts import check_adapter_dir
+from recpeft.data.schema import Item
+from recpeft.domains import get_domain
+from recpeft.errors import UserError
+from recpeft.serving.bank import AdapterBank
+from recpeft.serving.prefix import (
+    SENTINEL,
+    cached_answer_logits,
+    cached_answer_logits_many,
+    naive_answer_logits,
+    split_prompt,
+)
+from recpeft.tasks.prompts import (
+    RATING_ANSWERS,
+    RATING_SYSTEM,
+    TEXT_SYSTEM,
+    PreferencePrompt,
+    answer_token_ids,
+    interests_message,
+    pitch_message,
+    rating_message,
+    render,
+    user_message,
+)
+
+ItemLike = str | Item
+HistoryEntry = str | Item | tuple[ItemLike, bool] | tuple[ItemLike, float]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One scoring request, tokenised: the prompt prefix shared by its items, and each item's suffix."""
+
+    prefix_ids: list[int]
+    suffixes: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Rated:
+    """One normalised history entry."""
+
+    item: Item
+    liked: bool
+    rating: float | None = None
+
+
+def as_item(x: ItemLike) -> Item:
+    """A title becomes an Item whose id is the title; an Item passes through."""
+    if isinstance(x, Item):
+        return x
+    if isinstance(x, str) and x.strip():
+        return Item(item_id=x.strip(), title=x.strip())
+    raise UserError(f"an item must be a non-empty title or an Item, got {x!r}")
+
+
+def as_history(history: Sequence[HistoryEntry]) -> list[Rated]:
+    """Normalise history entries (see the module docstring for the accepted forms)."""
+    out = []
+    for entry in history:
+        if isinstance(entry, tuple):
+            if len(entry) != 2:
+                raise UserError(f"a history entry tuple is (item, liked) or (item, rating), got {entry!r}")
+            item, mark = entry
+            if isinstance(mark, bool):
+                out.append(Rated(as_item(item), mark))
+            elif isinstance(mark, (int, float)) and 1 <= mark <= 5:
+                out.append(Rated(as_item(item), mark > 3, float(mark)))
+            else:
+                raise UserError(f"a history mark is True/False or a rating from 1 to 5, got {mark!r}")
+        else:
+            out.append(Rated(as_item(entry), True))
+    return out
+
+
+class Recommender:
+    """One adapter on a (possibly shared) base model. Build with `recpeft.load` or `recpeft.load_many`."""
+
+    def __init__(self, bank: AdapterBank, name: str, path: Path, meta: AdapterMeta, tokenizer):
+        self.bank, self.name, self.path, self.meta, self.tokenizer = bank, name, path, meta, tokenizer
+        self.domain = get_domain(meta.domain)
+        self.method: str = meta.method
+        self.history_len: int = int(meta.train_config.get("history_len") or 10)
+        self.answer_ids: list[int] = list(meta.verbalizer["token_ids"])
+        self._rating_ids: list[int] | None = None
+        self._catalog: list[Item] | None = None
+
+    def __repr__(self) -> str:
+        return f"Recommender({self.name!r}, domain={self.domain.name!r}, method={self.method!r}, path='{self.path}')"
+
+    def _recent(self, history: Sequence[HistoryEntry]) -> list[Rated]:
+        rated = as_history(history)
+        return rated[-self.history_len:] if self.history_len else []
+
+    def _preference_split(self, history: Sequence[HistoryEntry]):
+        rated = self._recent(history)
+        message = user_message(PreferencePrompt([r.item for r in rated if r.liked],
+                                                [r.item for r in rated if not r.liked],
+                                                Item(SENTINEL, SENTINEL)), self.domain)
+        return split_prompt(self.tokenizer, render(self.tokenizer, message))
+
+    def _logits(self, split, items: Sequence[ItemLike], answer_ids: list[int], naive: bool,
+                batch_size: int) -> torch.Tensor:
+        suffixes = [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items]
+        run = naive_answer_logits if naive else cached_answer_logits
+        with self.bank.use(self.name) as model:
+            return run(model, split.prefix_ids, suffixes, answer_ids, self.tokenizer.pad_token_id, batch_size)
+
+    def prepare(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike]) -> Prepared:
+        """Tokenise a scoring request (raises UserError for a bad one), for `score_prepared`."""
+        if not items:
+            raise UserError("no items to score")
+        split = self._preference_split(history)
+        return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items])
+
+    def score_prepared(self, requests: Sequence[Prepared], batch_size: int = 64, interrupt=None) -> list[list[float]]:
+        """P(like / click) for several prepared requests, computed together (one batched cached-prefix
+        call). interrupt: see `AdapterBank.use`."""
+        with self.bank.use(self.name, interrupt) as model:
+            logits = cached_answer_logits_many(model, [(r.prefix_ids, r.suffixes) for r in requests],
+                                               self.answer_ids, self.tokenizer.pad_token_id, batch_size)
+        return [torch.softmax(x, dim=-1)[:, -1].tolist() for x in logits]
+
+    def score_many(self, requests: Sequence[tuple[Sequence[HistoryEntry], Sequence[ItemLike]]],
+                   batch_size: int = 64) -> list[list[float]]:
+        """`score` for several (history, items) requests at once: the same probabilities as scoring each
+        alone (to float rounding), in fewer, larger forwards."""
+        return self.score_prepared([self.prepare(h, items) for h, items in requests], batch_size)
+
+    def score(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike], batch_size: int = 64,
+              naive: bool = False) -> list[float]:
+        """P(the user likes / clicks each item), in the items' order.
+
+        The history prefix is encoded once and its KV cache reused for every item; naive=True runs the
+        reference path instead (a full forward per item, `batch_size` rows at a time).
+        """
+        if naive:
+            if not items:
+                raise UserError("no items to score")
+            logits = self._logits(self._preference_split(history), items, self.answer_ids, True, batch_size)
+            return torch.softmax(logits, dim=-1)[:, -1].tolist()
+        return self.score_prepared([self.prepare(history, items)], batch_size)[0]
+
+    def rank(self, history: Sequence[HistoryEntry], candidates: Sequence[ItemLike], k: int = 10,
+             batch_size: int = 64) -> list[tuple[Item, float]]:
+        """The k candidates the user is most likely to like, best first, as (item, probability)."""
+        if not candidates:
+            raise UserError("the candidate list is empty; give at least one item to rank")
+        if k < 1:
+            raise UserError(f"k must be at least 1, got {k}")
+        items = [as_item(c) for c in candidates]
+        probs = self.score(history, items, batch_size=batch_size)
+        order = sorted(range(len(items)), key=lambda i: -probs[i])  # stable: ties keep input order
+        return [(items[i], probs[i]) for i in order[:k]]
+
+    def predict_rating(self, history: Sequence[HistoryEntry], item: ItemLike) -> float:
+        """Expected 1-5 rating: the softmax over the digit tokens 1..5 at the answer position, averaged.
+
+        History entries without a rating count as 5 (liked) or 1 (disliked). An adapter trained on the
+        preference task answers this rating prompt zero-shot.
+        """
+        rated = self._recent(history)
+        pairs = [(r.item, r.rating if r.rating is not None else (5.0 if r.liked else 1.0)) for r in rated]
+        message = rating_message(pairs, Item(SENTINEL, SENTINEL), self.domain)
+        split = split_prompt(self.tokenizer, render(self.tokenizer, message, RATING_SYSTEM))
+        if self._rating_ids is None:
+            try:
+                self._rating_ids = answer_token_ids(self.tokenizer, RATING_ANSWERS)
+            except ValueError as exc:
+                raise UserError(f"this base model's tokenizer cannot answer ratings: {exc}") from None
+        probs = torch.softmax(self._logits(split, [item], self._rating_ids, False, 1)[0], dim=-1)
+        return float((probs * torch.arange(1, 6, dtype=probs.dtype)).sum())
+
+    @torch.no_grad()
+    def generate(self, message: str, max_new_tokens: int) -> str:
+        """Greedy continuation of a user message (system: TEXT_SYSTEM) through this adapter."""
+        ids = self.tokenizer(render(self.tokenizer, message, TEXT_SYSTEM), add_special_tokens=False,
+                             return_tensors="pt")
+        with self.bank.use(self.name) as model:
+            device = next(model.parameters()).device
+            out = model.generate(input_ids=ids["input_ids"].to(device), attention_mask=ids["attention_mask"].to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def interests(self, history: Sequence[HistoryEntry], n: int = 3, max_new_tokens: int = 24) -> str:
+        """A short text profile: the user's n favourite categories, as the model names them."""
+        rated = self._recent(history)
+        return self.generate(interests_message([r.item for r in rated if r.liked],
+                                               [r.item for r in rated if not r.liked], self.domain, n),
+                             max_new_tokens)
+
+    def pitch(self, history: Sequence[HistoryEntry], item: ItemLike, max_new_tokens: int = 48) -> str:
+        """One short personalised sentence recommending item to this user."""
+        liked = [r.item for r in self._recent(history) if r.liked]
+        return self.generate(pitch_message(liked, as_item(item), self.domain), max_new_tokens)
+
+    def catalog(self) -> list[Item]:
+        """The items of the data this adapter was trained on (the embedded sample when none was given)."""
+        if self._catalog is None:
+            from recpeft.data import load_data
+
+            tc = self.meta.train_config
+            data = load_data(self.domain.name, tc.get("data"), tc.get("format"), tc.get("on_bad_rows", "fail"))
+            self._catalog = list(getattr(data, "items", {}).values())
+        return self._catalog
+
+    def lookup(self, titles: Sequence[str]) -> list[Item]:
+        """Catalogue items for titles (case-insensitive); unknown titles become bare Items."""
+        by_title = {i.title.lower(): i for i in self.catalog()}
+        return [by_title.get(t.strip().lower(), None) or as_item(t) for t in titles]
+
+
+class RecommenderSet(Mapping[str, Recommender]):
+    """Recommenders for several adapters on ONE base model; each call switches to its adapter."""
+
+    def __init__(self, recommenders: dict[str, Recommender], bank: AdapterBank, base_name: str):
+        self._recs, self.bank, self.base_name = recommenders, bank, base_name
+
+    def __getitem__(self, name: str) -> Recommender:
+        if name not in self._recs:
+            raise UserError(f"unknown domain '{name}'; loaded: {', '.join(self._recs) or '(none)'}")
+        return self._recs[name]
+
+    def get(self, name: str, default=None):
+        return self._recs.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._recs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._recs)
+
+    def __len__(self) -> int:
+        return len(self._recs)
+
+
+def _bits(meta: AdapterMeta) -> int:
+    from recpeft.models.load import resolve_bits
+
+    return int(meta.metrics.get("bits") or resolve_bits(int(meta.train_config.get("bits") or 0)))
+
+
+def load_many(paths: Mapping[str, str | Path], device: str | None = None, bits: int | None = None,
+              force: bool = False) -> RecommenderSet:
+    """Load several adapters onto one shared base model: `{"news": "adapters/news", ...}`.
+
+    Every adapter must record the same base model. bits: the base precision (default: the precision the
+    first adapter was trained at). force: load adapters whose base fingerprint differs, with a warning.
+    """
+    from recpeft.methods import check_base
+    from recpeft.models.load import load_base
+
+    if not paths:
+        raise UserError("no adapters given")
+    metas = {}
+    for name, path in paths.items():
+        check_adapter_dir(Path(path))
+        metas[name] = read_meta(Path(path))
+    first = next(iter(metas))
+    want = metas[first].base_model
+    for name, meta in metas.items():
+        have = meta.base_model
+        if have.fingerprint != want.fingerprint and not force:
+            raise UserError(f"adapters '{first}' and '{name}' were trained on different base models "
+                            f"('{want.name}' {want.fingerprint} vs '{have.name}' {have.fingerprint}); "
+                            "load them separately")
+    bits = bits or _bits(metas[first])
+    base, tok, _ = load_base(want.name, bits=bits, device=device)  # default: the GPU when there is one
+    for path in paths.values():
+        check_base(base, path, tok, force)
+    bank = AdapterBank(base, {name: Path(p) for name, p in paths.items()})
+    recs = {name: Recommender(bank, name, Path(paths[name]), metas[name], tok) for name in paths}
+    return RecommenderSet(recs, bank, want.name)
+
+
+def load(path: str | Path, device: str | None = None, bits: int | None = None, force: bool = False) -> Recommender:
+    """Load one adapter folder (any method) on the base model its recpeft.json names."""
+    return next(iter(load_many({Path(path).name or "adapter": path}, device, bits, force).values()))
+
+
+def load_dir(folder: str | Path, **kwargs) -> RecommenderSet:
+    """Every adapter folder (one holding recpeft.json) directly under folder, named by its folder name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError("adapters folder not found", str(folder))
+    found = {p.name: p for p in sorted(folder.iterdir()) if (p / "recpeft.json").is_file()}
+    if not found:
+        raise UserError("no adapter folders (with recpeft.json) in here", str(folder))
+    return load_many(found, **kwargs)

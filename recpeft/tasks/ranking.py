@@ -1,0 +1,106 @@
+"""Next-item ranking: leave-one-out, the true next item against K sampled negatives, scored pointwise.
+
+Each candidate gets the preference prompt with itself as the target, and its score is P(Yes); the
+history and question come first, so a user's candidates share one prompt prefix. Training is
+pointwise too: the true next item is a Yes, TRAIN_NEGATIVES of its sampled negatives are No.
+Candidates come from tasks.ranking_examples, the function the classical baselines use, so both see
+exactly the same lists. Main metric: NDCG@10; the cold-start slice (true item with <= 2 training
+interactions) is reported as cold_* metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recpeft.data.schema import Interaction, Item
+from recpeft.evaluation.metrics import ranking_metrics
+from recpeft.evaluation.sharding import shared_map
+from recpeft.serving.prefix import SENTINEL, cached_answer_logits, split_prompt
+from recpeft.tasks.base import EvalSet, Evaluation
+from recpeft.tasks.batches import Encoded
+from recpeft.tasks.examples import (
+    Example,
+    RankingExample,
+    cold_start,
+    liked_disliked,
+    ranking_examples,
+    train_item_counts,
+)
+from recpeft.tasks.preference import PreferenceTask
+from recpeft.tasks.prompts import PreferencePrompt, render, user_message
+
+TRAIN_NEGATIVES = 1  # No-rows per Yes-row in training: balanced classes, one prefix read twice
+COLD_MAX_COUNT = 2
+
+
+def candidate_examples(ex: RankingExample, n_candidates: int | None = None) -> list[Example]:
+    """One preference Example per candidate (label 1 for the true next item, 0 for the negatives)."""
+    cands = ex.candidates[:n_candidates] if n_candidates else ex.candidates
+    return [Example(ex.user_id, ex.split, ex.timestamp, ex.history,
+                    Interaction(ex.user_id, item, ex.timestamp, click=int(k == 0)), int(k == 0))
+            for k, item in enumerate(cands)]
+
+
+def cold_start_metrics(scores: list[list[float]], cold: list[bool]) -> dict[str, float]:
+    """ranking_metrics on the cold-start rows only, keys prefixed cold_; just cold_n when there are none."""
+    rows = [s for s, c in zip(scores, cold) if c]
+    out: dict[str, float] = {"cold_n": len(rows)}
+    if rows:
+        out.update({f"cold_{k}": v for k, v in ranking_metrics(rows).items()})
+    return out
+
+
+class RankingTask(PreferenceTask):
+    name = "ranking"
+    main_metric = "ndcg@10"
+    template_id = "rank-v1"  # the preference prompt, one per candidate
+
+    def build_splits(self) -> dict[str, list]:
+        return ranking_examples(self.data, negatives=self.cfg.negatives, seed=self.cfg.seed)
+
+    def encode_train(self, examples: list) -> list[Encoded]:
+        flat = [c for ex in examples for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES)]
+        return super().encode_train(flat)
+
+    def encode_eval(self, examples: list) -> EvalSet:
+        flat = [c for ex in examples for c in candidate_examples(ex)]
+        counts = train_item_counts(self.data)
+        return EvalSet(super().encode_train(flat), examples,
+                       {"cold": cold_start(examples, counts, COLD_MAX_COUNT)})
+
+    def cold_eval_set(self, split: str = "test", limit: int = 0) -> EvalSet:
+        """Only the cold-start examples of a split (true item with <= COLD_MAX_COUNT training interactions):
+        a slice big enough to compare on, where a random subset of the split holds few of them."""
+        counts = train_item_counts(self.data)
+        return self.eval_set(split, limit, where=lambda ex: counts.get(ex.candidates[0], 0) <= COLD_MAX_COUNT)
+
+    def check_rows(self, train: list[Encoded], valid: EvalSet) -> None:
+        super(PreferenceTask, self).check_rows(train, valid)  # labels are 1 and 0 by construction
+
+    def evaluate(self, model, evalset: EvalSet, batch_size: int = 16, device=None, progress=None,
+                 cached: bool = True) -> Evaluation:
+        """cached: each user's prefix (history + question) runs once and its KV cache serves all of the
+        user's candidates (recpeft.serving.prefix); False scores every candidate's full prompt (the reference)."""
+        if cached:
+            # each process its share of the users, inside sharding.across
+            scores = shared_map(lambda ex: self._cached_scores(model, ex, progress), evalset.examples)
+        else:
+            probs = super().evaluate(model, evalset, batch_size, device, progress).outputs["scores"]
+            width = len(evalset.rows) // max(1, len(evalset.examples))
+            scores = [probs[i:i + width] for i in range(0, len(probs), width)]
+        metrics = {**ranking_metrics(scores), "n": len(scores), **cold_start_metrics(scores, evalset.extra["cold"])}
+        return Evaluation(metrics, {"scores": scores, "cold": evalset.extra["cold"]})
+
+    def _cached_scores(self, model, ex: RankingExample, progress=None) -> list[float]:
+        """P(Yes) for each of ex's candidates, in candidate order, over one shared prefix."""
+        was_training = model.training
+        model.eval()
+        liked, disliked = liked_disliked(self.data, ex.history, self.cfg.history_len)
+        prompt = PreferencePrompt(liked, disliked, Item(SENTINEL, SENTINEL))
+        split = split_prompt(self.tok, render(self.tok, user_message(prompt, self.domain)))
+        suffixes = [split.suffix_ids(self.tok, self.data.items[c].text()) for c in ex.candidates]
+        logits = cached_answer_logits(model, split.prefix_ids, suffixes, self.answer_ids, self.tok.pad_token_id)
+        model.train(was_training)
+        if progress is not None:
+            progress.update(len(suffixes))
+        return torch.softmax(logits, dim=-1)[:, -1].tolist()
