@@ -229,3 +229,11 @@ def test_adapter_follows_weight_dtype_and_uses_float32_over_int8(batch):
     assert model.model.layers[0].self_attn.o_proj.adapter.up.weight.dtype == torch.bfloat16
     assert layer.down_proj.adapter.up.weight.dtype == torch.float32
     assert logits(model, batch).dtype == torch.bfloat16
+
+
+def test_the_cli_choices_are_the_modules_own():
+    """settings.py (no torch, read by the CLI) names what bottleneck.py builds: the two lists cannot drift."""
+    from recpeft.methods import bottleneck, settings
+
+    assert tuple(bottleneck._ACTIVATIONS) == settings.NON_LINEARITIES
+    assert bottleneck._PLACEMENTS == settings.PLACEMENTS

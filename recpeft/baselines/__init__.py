@@ -18,6 +18,7 @@ from recpeft.baselines.gru4rec import GRU4Rec
 from recpeft.baselines.itemknn import ItemKNN
 from recpeft.baselines.logreg import LogReg
 from recpeft.baselines.popularity import Popularity
+from recpeft.config import TrainConfig
 from recpeft.data.schema import RecData
 from recpeft.errors import UserError
 from recpeft.evaluation.metrics import binary_metrics, ranking_metrics, rating_metrics
@@ -27,6 +28,8 @@ REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popular
 
 __all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",
            "run_baselines"]
+
+TRAIN_DEFAULTS = TrainConfig()  # the same history length and negatives as `recpeft train`
 
 
 def names_for(task: str) -> list[str]:
@@ -76,8 +79,9 @@ def _metrics(model: Baseline, task: str, examples: list) -> dict | None:
     return binary_metrics([int(t) for t in truth], model.score_preference(examples))
 
 
-def run_baselines(data: RecData, task: str, models: list[str] | None = None, *, negatives: int = 19,
-                  seed: int = 0, train_samples: int = 0, history_len: int = 10, cold_max_train: int = 2,
+def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
+                  negatives: int = TRAIN_DEFAULTS.negatives, seed: int = 0, train_samples: int = 0,
+                  history_len: int = TRAIN_DEFAULTS.history_len, cold_max_train: int = 2,
                   params: dict[str, dict] | None = None, test_limit: int = 0, cold_limit: int = 0,
                   log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).

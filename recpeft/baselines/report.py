@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recpeft.artifacts import write_json_atomic
+from recpeft.config import TrainConfig
 from recpeft.data import load_data
 from recpeft.data.schema import RecData
 from recpeft.domains import DOMAINS
@@ -17,9 +18,13 @@ COLUMNS = {"preference": ("auc", "logloss"), "rating": ("rmse", "mae"),
            "ranking": ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")}
 
 
+TRAIN_DEFAULTS = TrainConfig()  # the same history length and negatives as `recpeft train`
+
+
 def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None = None, on_bad_rows: str = "fail",
                     models: list[str] | None = None,
-                    negatives: int = 19, seed: int = 0, train_samples: int = 0, history_len: int = 10,
+                    negatives: int = TRAIN_DEFAULTS.negatives, seed: int = 0, train_samples: int = 0,
+                    history_len: int = TRAIN_DEFAULTS.history_len,
                     cold_max_train: int = 2, threads: int = 0, out: Path | None = None,
                     log: Callable[[str], None] | None = None) -> dict:
     """Load the data, run the baselines, and return (and optionally write to `out`) the results with

@@ -14,6 +14,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from recpeft.methods.settings import PLACEMENTS
+
 PEFT_TYPE = "RECPEFT_BOTTLENECK"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -21,7 +23,7 @@ CONFIG_FILE = "adapter_config.json"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-_PLACEMENTS = ("houlsby", "pfeiffer")
+_PLACEMENTS = PLACEMENTS  # the names live in settings.py, which the CLI imports without torch
 
 # Per architecture: where the decoder blocks live, and the last linear of the attention and MLP sub-layers.
 _LAYOUT = {
