@@ -163,8 +163,14 @@ def finished_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[str, An
         return {}
     import json
 
+    from recpeft.config import TrainConfig
+
     old = json.loads(path.read_text())
-    if old.get("train") != results["train"] or old.get("data") != results["data"] or old.get("tiny") != results["tiny"]:
+    # A setting added to TrainConfig since the file was written is the same run at its default (new options
+    # default to the old behaviour); any other difference means the runs must be redone.
+    defaults, train = TrainConfig().to_dict(), results["train"]
+    old_train = {**{k: v for k, v in defaults.items() if k not in old.get("train", {})}, **old.get("train", {})}
+    if old_train != train or old.get("data") != results["data"] or old.get("tiny") != results["tiny"]:
         print(f"[experiments] {path.name}: settings changed since it was written; running everything", flush=True)
         return {}
     return {r["name"]: r for r in old.get("runs", []) if "outputs" in r}
