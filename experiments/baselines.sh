@@ -5,7 +5,8 @@ set -euo pipefail
 DATA=${DATA:-../shared/data}  # from a worktree under /work/wt: DATA=/work/shared/data
 R=experiments/results
 RECPEFT=${RECPEFT:-recpeft}
-run() { echo "+ recpeft baselines $*" >&2; $RECPEFT baselines "$@" --threads 1; }
+# --history-len 10: the window the recorded results used (TALLRec's; train's default is 6)
+run() { echo "+ recpeft baselines $* --history-len 10" >&2; $RECPEFT baselines "$@" --history-len 10 --threads 1; }
 run --data "$DATA/ml-100k" --format movielens --task preference --out $R/baselines_ml100k_preference.json
 for n in 16 64 256; do
   run --data "$DATA/ml-100k" --format movielens --task preference --train-samples $n \

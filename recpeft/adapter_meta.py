@@ -84,7 +84,7 @@ class AdapterMeta:
         if not isinstance(raw, dict):
             raise bad("not a JSON object")
         for key in ("domain", "method", "base_model"):
-            if key not in raw:
+            if raw.get(key) is None:
                 raise bad(f"no '{key}'")
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in raw.items() if k in known}

@@ -182,6 +182,8 @@ def test_a_recpeft_json_written_earlier_reads_typed_and_writes_back_the_same(tmp
     ('{"domain": "news", "base_model": {"name": "x"}}', "malformed recpeft.json: no 'method'"),
     ('{"domain": "news", "method": "lora", "base_model": {}}', "'base_model' has no 'name'"),
     ('{"domain": "news", "method": "lora", "base_model": "x"}', "'base_model' is not a JSON object"),
+    ('{"domain": "news", "method": "lora", "base_model": null}', "malformed recpeft.json: no 'base_model'"),
+    ('{"domain": null, "method": "lora", "base_model": {"name": "x"}}', "malformed recpeft.json: no 'domain'"),
     ("{\n oops", "malformed JSON"),
 ])
 def test_a_malformed_recpeft_json_is_one_line_naming_the_file(text, says, tmp_path):

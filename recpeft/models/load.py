@@ -30,11 +30,14 @@ def load_tokenizer(source: str):
     return tok
 
 
-def resolve_bits(bits: int) -> int:
-    """0 = auto: 8-bit on CUDA (the mission's configuration), 32-bit on CPU (bitsandbytes is slow there)."""
+def resolve_bits(bits: int, on_cuda: bool | None = None) -> int:
+    """0 = auto: 8-bit on CUDA (the mission's configuration), 32-bit on CPU (bitsandbytes is slow there).
+    on_cuda: whether the model runs on CUDA (None = whether a GPU exists; a trainer passes its process's device)."""
     import torch
 
-    return bits or (8 if torch.cuda.is_available() else 32)
+    if on_cuda is None:
+        on_cuda = torch.cuda.is_available()
+    return bits or (8 if on_cuda else 32)
 
 
 def load_base(name_or_path: str, bits: int = 32, device=None, kernels: bool | None = None):

@@ -12,14 +12,18 @@ from recpeft.config import TrainConfig
 from recpeft.training import tracking
 
 
+def process_on_cuda() -> bool:
+    """Whether this process runs on CUDA, as accelerate will place it (ACCELERATE_USE_CPU = CPU even with a GPU)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type == "cuda"
+
+
 def make_accelerator(cfg: TrainConfig, bits: int, save: bool) -> Accelerator:
     """The run's Accelerator. On CUDA a 16/8/4-bit base runs under bf16 autocast: the adapter keeps fp32
     weights (peft's default) but its matmuls run in bf16 like the base's (they ran as fp32 GEMMs on the
     H200, issue 15). The device is the one accelerate gives this process: its PartialState, built as
     AcceleratorState builds it (ACCELERATE_USE_CPU = cpu; a plain PartialState() would miss gloo DDP on
     CPU) and then shared by the Accelerator, so a CPU run on a CUDA machine gets no autocast."""
-    on_cuda = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type == "cuda"
-    mixed = "bf16" if on_cuda and bits != 32 else "no"
+    mixed = "bf16" if process_on_cuda() and bits != 32 else "no"
     return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
                        **tracking.accelerator_kwargs(cfg, save))
 

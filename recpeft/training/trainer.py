@@ -37,7 +37,7 @@ from recpeft.tasks import get_task, task_name
 from recpeft.tasks.base import Evaluation
 from recpeft.tasks.batches import loader
 from recpeft.training import checkpoint as ckpts
-from recpeft.training import events, summary, tracking
+from recpeft.training import events, setup, summary, tracking
 from recpeft.training import privacy as dp
 from recpeft.training.progress import Progress, TrainResult
 from recpeft.training.setup import enable_gradient_checkpointing, make_accelerator, make_optimizer, make_scheduler
@@ -88,7 +88,7 @@ class Run:
         self.data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
         task_name(cfg.task, self.data)  # a task the data cannot do fails here, before the model loads
         self.privacy = dp.for_run(cfg, self.data, self.domain)  # DP-SGD or None; δ >= 1/N fails here too
-        self.bits = resolve_bits(cfg.bits)
+        self.bits = resolve_bits(cfg.bits, setup.process_on_cuda())  # 0: 8 on CUDA, 32 on CPU
         self.accelerator = accelerator = make_accelerator(cfg, self.bits, save)
         # every device decision below (load device, batch size, padding, memory report) follows this one
         self.on_cuda = on_cuda = accelerator.device.type == "cuda"
