@@ -40,7 +40,8 @@ class DataInfo:
 @dataclass(kw_only=True)
 class AdapterMeta:
     """Everything recpeft.json holds. Field order is the file's key order; optional fields left None are
-    not written (a combined adapter has no data or history), except `privacy`, which is always written."""
+    not written (a combined adapter has no data or history), except `privacy` and `verbalizer`, which the
+    trainer has always written (null: no DP / a generative task)."""
 
     format_version: int = FORMAT_VERSION
     recpeft_version: str | None = None

@@ -80,7 +80,7 @@ def test_adalora_rank_pattern_zeroes_pruned_singular_values(tiny_model):
     from recpeft.methods import adalora
 
     base, _, _ = load_base(str(tiny_model))
-    model = adalora.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
+    model = adalora.METHOD.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
     names = [n for n, _ in model.named_parameters() if "lora_E" in n]
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -97,7 +97,7 @@ def test_adalora_rank_pattern_without_adapter_name_also_applies(tiny_model):
     from recpeft.methods import adalora
 
     base, _, _ = load_base(str(tiny_model))
-    model = adalora.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
+    model = adalora.METHOD.attach(base, TrainConfig(method="adalora", init_r=4, target_r=2), ["q_proj", "v_proj"], 20)
     names = [n for n, _ in model.named_parameters() if "lora_E" in n]
     model.peft_config["default"].rank_pattern = {
         n.replace("base_model.model.", "", 1).replace(".default", ""): [False, False, False, True] for n in names}
@@ -114,13 +114,13 @@ def test_adalora_on_a_bf16_8bit_base_keeps_activations_bf16(tiny_model):
     fp32 `ranknum`, which turned q/v into fp32 and broke attention (seen on an H200; same on CPU)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from recpeft.methods.adalora import attach
+    from recpeft.methods.adalora import METHOD
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                                                 dtype=torch.bfloat16, device_map={"": "cpu"},
                                                 attn_implementation="sdpa")
     cfg = TrainConfig(domain="news", method="adalora", init_r=4, target_r=2)
-    model = attach(base, cfg, ["q_proj", "v_proj"], total_steps=10)
+    model = METHOD.attach(base, cfg, ["q_proj", "v_proj"], total_steps=10)
     logits = model(input_ids=torch.tensor([[3, 4, 5]])).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 

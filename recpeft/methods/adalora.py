@@ -141,6 +141,4 @@ class AdaLora(Lora):
 
 
 METHOD = AdaLora()
-# The module-level API callers used before methods were objects.
-attach, save, load, disabled = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled
 extra_loss, after_step = METHOD.extra_loss, METHOD.after_step

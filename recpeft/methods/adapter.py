@@ -34,5 +34,3 @@ class Adapter(Method):
 
 
 METHOD = Adapter()
-# The module-level API callers used before methods were objects.
-attach, save, load, disabled, config_of = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled, METHOD.config_of

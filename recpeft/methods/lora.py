@@ -37,5 +37,3 @@ class Lora(Method):
 
 
 METHOD = Lora()
-# The module-level API callers used before methods were objects.
-attach, save, load, disabled = METHOD.attach, METHOD.save, METHOD.load, METHOD.disabled

@@ -20,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-META_KEYS = ("help", "short", "flag", "range", "choices", "flag_default", "items")
 NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
 PLACEMENTS = ("houlsby", "pfeiffer")
 

@@ -53,5 +53,10 @@ def get_task(name: str, data: RecData | InstructionData, domain: Domain, tokeniz
     tokenizer and settings."""
     if name not in TASKS:
         raise UserError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; choose from {', '.join(TASKS)}")
-    module, cls = TASKS[task_name(name, data)].split(":")
-    return getattr(importlib.import_module(module), cls)(data, domain, tokenizer, cfg)
+    return task_class(task_name(name, data))(data, domain, tokenizer, cfg)
+
+
+def task_class(name: str) -> type[Task]:
+    """The class registered as `name` in TASKS (imported on use)."""
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

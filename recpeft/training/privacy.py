@@ -101,7 +101,7 @@ def training_set(cfg, data, domain) -> list:
     """The training examples the run will use, from the data alone (before the model and its tokenizer
     load): the same ones the task encodes (Task.train_examples: the per-user cap, then the seeded subset)."""
     from recpeft.data.schema import InstructionData
-    from recpeft.tasks import task_name
+    from recpeft.tasks import task_class, task_name
     from recpeft.tasks.base import Task
 
     if cfg.dp_max_examples_per_user and isinstance(data, InstructionData):
@@ -111,17 +111,10 @@ def training_set(cfg, data, domain) -> list:
     if name not in SUPPORTED_TASKS:  # alpaca data runs the instruction task whatever --task says
         raise UserError(f"--dp-epsilon supports the {', '.join(SUPPORTED_TASKS)} tasks; data '{data.name}' "
                         f"trains the {name} task")
-    cls = _task_class(name)
+    cls = task_class(name)
     task = cls.__new__(cls)
     Task.__init__(task, data, domain, None, cfg)  # splits need no tokenizer; answer ids (which do) are skipped
     return task.train_examples(cfg.train_samples)
-
-
-def _task_class(name: str):
-    from recpeft.tasks.preference import ClickTask, PreferenceTask
-    from recpeft.tasks.rating import RatingTask
-
-    return {"preference": PreferenceTask, "click": ClickTask, "rating": RatingTask}[name]
 
 
 def for_run(cfg, data, domain) -> Privacy | None:
