@@ -150,7 +150,8 @@ def baselines_on_same_examples(spec: dict[str, Any], cfg, data: dict[str, Any]) 
         start = time.time()
         res = run_baselines(recdata, cfg.task, conf.get("models"), negatives=cfg.negatives, seed=cfg.seed,
                             train_samples=shots, history_len=cfg.history_len, test_limit=cfg.test_samples,
-                            cold_limit=spec.get("cold_samples", 0), params=conf.get("params"))
+                            cold_limit=spec.get("cold_samples", 0), params=conf.get("params"),
+                            profile_from=cfg.profile_from, profile_items=cfg.profile_items)
         out[str(shots)] = {m: {k: v for k, v in r.items() if k != "valid"} for m, r in res.items()}
         print(f"[experiments] baselines, train_samples={shots or 'all'}: "
               + ", ".join(f"{m} {r['test']}" for m, r in res.items()) + f" ({time.time() - start:.0f} s)", flush=True)

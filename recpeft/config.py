@@ -25,6 +25,7 @@ from recpeft.errors import UserError, did_you_mean
 from recpeft.methods import METHODS
 from recpeft.methods.settings import AdaLoraSettings, AdapterSettings, LoraSettings, setting
 from recpeft.tasks import TASKS
+from recpeft.tasks.profiles import PROFILE_SOURCES
 
 BITS = (0, 4, 8, 16, 32)
 LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/training/tracking.py)
@@ -85,6 +86,11 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                               "(instruction records lose their beginning).", range=(32, 1_000_000))
     item_stats: bool = setting(False, "Tag item titles in prompts with their like-rate among training events, "
                                "e.g. '[72% liked]' (collaborative signal in words).")
+    profile_from: str = setting(PROFILE_SOURCES[0], "Profile task: what a user's profile text is made of: their "
+                                "demographics (MovieLens u.user) and/or the genres of their first --profile-items "
+                                "events.", choices=PROFILE_SOURCES)
+    profile_items: int = setting(5, "Profile task: a user's first N events, whose genres the profile names as "
+                                 "liked; the targets come after them.", range=(1, 1000))
     # evaluation and early stopping
     eval_every: int = setting(24, "Evaluate on validation every N steps.", range=(1, None))
     eval_samples: int = setting(128, "Validation examples per evaluation (0 = all).", range=(0, None))

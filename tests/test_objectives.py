@@ -34,6 +34,7 @@ CASES = {
     "click": ("click", "news", 1, {}),
     "rating": ("rating", "ecommerce", 1, {}),
     "ranking": ("ranking", "ecommerce", 2, {"negatives": 5}),
+    "profile": ("profile", "video", 2, {"negatives": 5, "profile_from": "genres"}),
     # the LM loss spreads over the whole vocabulary: adapt every projection so a few steps show
     "interests": ("interests", "news", 1, {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                "up_proj", "down_proj"], "lr": 5e-2}),

@@ -18,13 +18,17 @@ from recpeft.baselines.gru4rec import GRU4Rec
 from recpeft.baselines.itemknn import ItemKNN
 from recpeft.baselines.logreg import LogReg
 from recpeft.baselines.popularity import Popularity
+from recpeft.baselines.profile import GenrePopularity, GroupGenrePopularity, GroupPopularity
 from recpeft.config import TrainConfig
 from recpeft.data.schema import RecData
 from recpeft.errors import UserError
 from recpeft.evaluation.metrics import binary_metrics, ranking_metrics, rating_metrics
 from recpeft.tasks.examples import preference_examples, ranking_examples, subsample
+from recpeft.tasks.profiles import profile_examples
 
-REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, LogReg)}
+REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, LogReg,
+                                                                   GroupPopularity, GenrePopularity,
+                                                                   GroupGenrePopularity)}
 
 __all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",
            "run_baselines"]
@@ -50,7 +54,9 @@ def check_names(task: str, models: list[str] | None) -> list[str]:
     return names
 
 
-def _examples(data: RecData, task: str, negatives: int, seed: int) -> dict[str, list]:
+def _examples(data: RecData, task: str, negatives: int, seed: int, profile: tuple[str, int]) -> dict[str, list]:
+    if task == "profile":
+        return profile_examples(data, *profile, negatives=negatives, seed=seed)
     if task == "ranking":
         return ranking_examples(data, negatives=negatives, seed=seed)
     splits = preference_examples(data)
@@ -71,7 +77,7 @@ def _visible(train: list, history_len: int) -> list:
 def _metrics(model: Baseline, task: str, examples: list) -> dict | None:
     if not examples:
         return None
-    if task == "ranking":
+    if task in ("ranking", "profile"):
         return {**ranking_metrics(model.score_ranking(examples)), "n": len(examples)}
     truth = [label(e, task) for e in examples]
     if task == "rating":
@@ -83,11 +89,15 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
                   negatives: int = TRAIN_DEFAULTS.negatives, seed: int = 0, train_samples: int = 0,
                   history_len: int = TRAIN_DEFAULTS.history_len, cold_max_train: int = 2,
                   params: dict[str, dict] | None = None, test_limit: int = 0, cold_limit: int = 0,
+                  profile_from: str = TRAIN_DEFAULTS.profile_from, profile_items: int = TRAIN_DEFAULTS.profile_items,
                   log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).
 
-    task: preference (like/click, AUC), rating (RMSE/MAE) or ranking (1 true + `negatives` seeded
-    candidates; HR/NDCG/MRR). `train_samples` N > 0 is the few-shot mode of preference/rating: every
+    task: preference (like/click, AUC), rating (RMSE/MAE), ranking (1 true + `negatives` seeded
+    candidates; HR/NDCG/MRR) or profile (the same metrics for held-out users known by a profile made
+    `profile_from` their demographics and/or their first `profile_items` events; fitted on the training
+    users' interactions, recpeft/tasks/profiles.py).
+    `train_samples` N > 0 is the few-shot mode of preference/rating: every
     model sees only the same seeded N training examples the LLM gets (`recpeft.tasks.examples.subsample`),
     their targets and visible histories, and nothing else of the train period. The cold-start slice
     holds the test targets whose item has at most `cold_max_train` train-period interactions.
@@ -99,11 +109,11 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
     "score_seconds"[, "note"]}}.
     """
     names = check_names(task, models)
-    if train_samples and task == "ranking":
+    if train_samples and task in ("ranking", "profile"):
         raise UserError("--train-samples (few-shot) applies to the preference and rating tasks")
     if train_samples < 0 or history_len < 0 or negatives < 1:
         raise UserError("train samples and history length must be >= 0, negatives >= 1")
-    splits = _examples(data, task, negatives, seed)
+    splits = _examples(data, task, negatives, seed, (profile_from, profile_items))
     if not splits["test"]:
         what = "rated " if task == "rating" else ""
         raise UserError(f"no {what}test examples for {task} in {data.name} (users need at least 4 {what}events)")

@@ -12,14 +12,18 @@ from dataclasses import dataclass, field
 
 from recpeft.data.schema import Interaction, RecData
 from recpeft.tasks.examples import Example, RankingExample, split_user
+from recpeft.tasks.profiles import ProfileExample, training_users_interactions
 
-TASKS = ("preference", "ranking", "rating")
+TASKS = ("preference", "ranking", "rating", "profile")
 # Events per user each protocol holds out (valid, test), as recpeft.tasks.examples builds them.
 HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1)}
 
 
 def train_interactions(data: RecData, task: str) -> list[Interaction]:
-    """Every interaction in its user's train period (before any valid/test target of the task's split)."""
+    """Every interaction in its user's train period (before any valid/test target of the task's split);
+    for the profile task, every interaction of its training users."""
+    if task == "profile":
+        return training_users_interactions(data)
     by_user: dict[str, list[Interaction]] = defaultdict(list)
     for x in data.interactions:
         by_user[x.user_id].append(x)
@@ -30,8 +34,8 @@ def train_interactions(data: RecData, task: str) -> list[Interaction]:
     return out
 
 
-def target_item(example: Example | RankingExample) -> str:
-    return example.candidates[0] if isinstance(example, RankingExample) else example.target.item_id
+def target_item(example: Example | RankingExample | ProfileExample) -> str:
+    return example.candidates[0] if hasattr(example, "candidates") else example.target.item_id
 
 
 def cold_slice(examples: list, train: list[Interaction], max_train: int = 2) -> list:

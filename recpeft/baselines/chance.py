@@ -10,7 +10,7 @@ from recpeft.tasks.examples import Example, RankingExample
 
 class Random(Baseline):
     name = "random"
-    tasks = ("preference", "ranking", "rating")
+    tasks = ("preference", "ranking", "rating", "profile")
 
     def fit(self, ctx: FitContext) -> None:
         self.rng = np.random.default_rng(ctx.seed)

@@ -43,7 +43,7 @@ class ItemStats:
 
 class Popularity(Baseline):
     name = "popularity"
-    tasks = ("preference", "ranking", "rating")
+    tasks = ("preference", "ranking", "rating", "profile")
 
     def fit(self, ctx: FitContext) -> None:
         # Ranking counts every train-period interaction; preference/rating use liked or the rating.

@@ -16,6 +16,7 @@ from recpeft.errors import UserError
 
 COLUMNS = {"preference": ("auc", "logloss"), "rating": ("rmse", "mae"),
            "ranking": ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")}
+COLUMNS["profile"] = COLUMNS["ranking"]
 
 
 TRAIN_DEFAULTS = TrainConfig()  # the same history length and negatives as `recpeft train`
@@ -54,7 +55,7 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                  "users": len({x.user_id for x in data.interactions}), "items": len(data.items),
                  "interactions": len(data.interactions)},
         "task": task,
-        "settings": {"negatives": negatives if task == "ranking" else None, "seed": seed,
+        "settings": {"negatives": negatives if task in ("ranking", "profile") else None, "seed": seed,
                      "train_samples": train_samples, "history_len": history_len, "cold_max_train": cold_max_train},
         "seconds": round(time.perf_counter() - start, 2),
         "results": results,
@@ -82,10 +83,11 @@ def format_report(report: dict) -> str:
         lines.append(f"\n  {title}: {', '.join(map(str, sizes)) or 0} examples")
         if not sizes:
             continue
-        lines.append("  " + f"{'baseline':<12}" + "".join(f"{c:>9}" for c in cols) + f"{'fit s':>9}")
+        width = max(12, *(len(name) + 1 for name in results))
+        lines.append("  " + f"{'baseline':<{width}}" + "".join(f"{c:>9}" for c in cols) + f"{'fit s':>9}")
         for name, m in results.items():
             row = m[split] or {}
-            lines.append("  " + f"{name:<12}" + "".join(f"{_cell(row.get(c)):>9}" for c in cols)
+            lines.append("  " + f"{name:<{width}}" + "".join(f"{_cell(row.get(c)):>9}" for c in cols)
                          + f"{m['fit_seconds']:>9.1f}")
     notes = [f"  {name}: {m['note']}" for name, m in results.items() if m.get("note")]
     return "\n".join(lines + (["", *notes] if notes else []))

@@ -45,14 +45,20 @@ def read_candidates(path: Path) -> list[Item]:
     return items
 
 
-def recommend(adapter: Path, history: str, candidates: Path | None, from_catalog: bool, k: int,
-              bits: int | None = None, force: bool = False) -> list[dict[str, Any]]:
-    """Rank candidates (a file, or the adapter's catalogue minus the history) for the history; top k rows."""
+def recommend(adapter: Path, history: str | None, candidates: Path | None, from_catalog: bool, k: int,
+              bits: int | None = None, force: bool = False, profile: str | None = None) -> list[dict[str, Any]]:
+    """Rank candidates (a file, or the adapter's catalogue minus the history) for the history and/or
+    profile; top k rows."""
     from recpeft.serving.recommender import load
+    from recpeft.tasks.profiles import as_profile
 
     if (candidates is None) == (not from_catalog):
         raise UserError("give exactly one of --candidates FILE and --from-catalog")
-    parsed = parse_history(history)
+    if history is None and profile is None:
+        raise UserError("give --history (the user's items), --profile (a new user's description) or both")
+    if profile is not None:
+        profile = as_profile(profile)  # an empty one fails before the model loads
+    parsed = parse_history(history or "")
     items = read_candidates(candidates) if candidates is not None else None
     rec = load(adapter, bits=bits, force=force)
     known = rec.lookup([t for t, _ in parsed])  # catalogue titles get their category, as in training
@@ -60,6 +66,6 @@ def recommend(adapter: Path, history: str, candidates: Path | None, from_catalog
     if items is None:
         seen = {i.item_id for i in known}
         items = [i for i in rec.catalog() if i.item_id not in seen]
-    ranked = rec.rank(entries, items, k=k)
+    ranked = rec.rank(entries, items, k=k, profile=profile)
     return [{"rank": n, "item_id": item.item_id, "title": item.title, "category": item.category, "score": score}
             for n, (item, score) in enumerate(ranked, start=1)]

@@ -78,7 +78,8 @@ def verify(
 
 
 def baselines(
-    task: str = typer.Option(..., "--task", help="preference (AUC), ranking (HR/NDCG/MRR) or rating (RMSE/MAE)."),
+    task: str = typer.Option(..., "--task", help="preference (AUC), ranking or profile (cold-start users; "
+                             "HR/NDCG/MRR), or rating (RMSE/MAE)."),
     data: str | None = _opt(FIELDS["data"].metadata["flag_default"], _HELP["data"], "--data"),
     data_format: str | None = _opt(FIELDS["format"].metadata["flag_default"],
                                       f"Data format: {_INTERACTION_FORMATS}.", "--format"),
@@ -86,7 +87,8 @@ def baselines(
     domain: str = typer.Option(_D.domain, "--domain", "-d", help=f"Domain whose embedded sample is used "
                                f"without --data: {', '.join(DOMAINS)}."),
     models: str | None = _opt("every baseline that does the task", "Comma-separated baselines: random, "
-                                 "popularity, item_knn, bpr, gru4rec, logreg.", "--models"),
+                                 "popularity, item_knn, bpr, gru4rec, logreg; for --task profile also "
+                                 "group_popularity, genre_popularity, group_genre_popularity.", "--models"),
     negatives: int = typer.Option(_D.negatives, "--negatives", help=_HELP["negatives"]),
     train_samples: int = typer.Option(_D.train_samples, "--train-samples", help="Few-shot preference/rating: fit "
                                       "on the same seeded N training examples as the LLM (0 = all)."),
@@ -112,8 +114,11 @@ def baselines(
 
 def recommend(
     adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter folder (from `recpeft train`)."),
-    history: str = typer.Option(..., "--history", help="The user's liked items, oldest first, separated by ';'. "
-                                "Prefix a title with '-' for a dislike."),
+    history: str | None = typer.Option(None, "--history", help="The user's liked items, oldest first, separated "
+                                          "by ';'. Prefix a title with '-' for a dislike."),
+    profile: str | None = typer.Option(None, "--profile", help="A new user's description, e.g. \"I am a 25-year-old "
+                                          "woman. I like Sci-Fi and Drama.\" (cold start: adapters trained with "
+                                          "--task profile read it best). Give --history, --profile or both."),
     candidates: Path | None = typer.Option(None, "--candidates", help="File of candidates: one title per line, "
                                               "or a CSV with a 'title' column (and optional item_id, category)."),
     from_catalog: bool = typer.Option(False, "--from-catalog", help="Rank every catalogue item of the adapter's "
@@ -123,10 +128,10 @@ def recommend(
     bits: int | None = typer.Option(None, "--bits", help="Base precision [default: as trained]."),
     force: bool = typer.Option(False, "--force", help="Load an adapter trained on another base anyway."),
 ) -> None:
-    """Rank candidates for a user history with a trained adapter (history prefix encoded once)."""
+    """Rank candidates for a user history or profile with a trained adapter (prompt prefix encoded once)."""
     from recpeft.cli.inputs import recommend as run
 
-    rows = run(adapter, history, candidates, from_catalog, k, bits=bits, force=force)
+    rows = run(adapter, history, candidates, from_catalog, k, bits=bits, force=force, profile=profile)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

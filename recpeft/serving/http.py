@@ -75,6 +75,21 @@ def _entry(model):
 
 
 ItemEntry, HistoryEntry = _entry(ItemIn), _entry(HistoryIn)
+
+
+class ProfileIn(BaseModel):
+    """A new user's profile as fields, worded as the profile task trained on (recpeft/tasks/profiles.py)."""
+
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    age: Annotated[int, Field(ge=1, le=120)] | None = None
+    gender: ShortText | None = None
+    occupation: ShortText | None = None
+    likes: Annotated[list[ShortText], Field(max_length=50)] | None = None
+
+
+ProfileEntry = Annotated[Annotated[Text, Tag("text")] | Annotated[ProfileIn, Tag("item")], Discriminator(
+    _kind, custom_error_type="profile_type", custom_error_message="Input should be a profile text (a string) or "
+    "an object with age, gender, occupation and likes")]
 UNION_TAGS = ("text", "item")  # in an error's location, right after the list index
 
 
@@ -82,6 +97,7 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     domain: Text
     history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
+    profile: ProfileEntry | None = None
     items: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
 
 
@@ -89,6 +105,7 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     domain: Text
     history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
+    profile: ProfileEntry | None = None
     candidates: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
     k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 10
 
@@ -114,6 +131,10 @@ def _item(x: str | ItemIn) -> Item:
     if isinstance(x, str):
         return Item(x, x)
     return Item(x.item_id or x.title, x.title, x.category)
+
+
+def _profile(profile: str | ProfileIn | None):
+    return profile.model_dump(exclude_none=True) if isinstance(profile, ProfileIn) else profile
 
 
 def _history(entries: list[str | HistoryIn]) -> list:
@@ -244,7 +265,8 @@ def _validation_error(exc) -> dict:
         msg, loc = e["msg"], list(e["loc"])
         if e["type"] == "json_invalid" and isinstance(e.get("ctx"), dict):
             msg, loc = f"{msg} at character {loc[-1]}: {e['ctx'].get('error')}", ["body"]
-        loc = [x for i, x in enumerate(loc) if not (x in UNION_TAGS and i and isinstance(loc[i - 1], int))]
+        loc = [x for i, x in enumerate(loc)
+               if not (x in UNION_TAGS and i and (isinstance(loc[i - 1], int) or loc[i - 1] == "profile"))]
         errors.append({"loc": loc, "msg": msg, "type": e["type"]})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(x) for x in first["loc"] if x != "body") or "body"
@@ -276,9 +298,9 @@ def create_app(recs, limits: Limits | None = None):
         """In the batcher's worker thread: tokenise each request (a bad one fails alone), score the
         rest together."""
         rec, results, ready = recs[domain], [None] * len(payloads), []
-        for i, (history, items) in enumerate(payloads):
+        for i, (history, items, profile) in enumerate(payloads):
             try:
-                ready.append((i, rec.prepare(history, items)))
+                ready.append((i, rec.prepare(history, items, profile)))
             except UserError as exc:
                 results[i] = exc
         if ready:
@@ -319,10 +341,11 @@ def create_app(recs, limits: Limits | None = None):
             raise HTTPException(404, f"unknown domain '{domain}'; loaded: {', '.join(recs)}")
         return recs[domain]
 
-    async def probabilities(domain: str, history: list, items: list) -> list[float]:
+    async def probabilities(domain: str, history: list, items: list, profile=None) -> list[float]:
         get(domain)
         try:
-            return await batcher.submit(domain, (_history(history), [_item(i) for i in items]), size=len(items))
+            return await batcher.submit(domain, (_history(history), [_item(i) for i in items], _profile(profile)),
+                                        size=len(items))
         except Overloaded as exc:
             raise HTTPException(503, f"server busy: {exc.queued} requests queued (--max-queue "
                                 f"{limits.max_queue}); retry in {exc.retry_after} s",
@@ -347,13 +370,14 @@ def create_app(recs, limits: Limits | None = None):
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest) -> ScoreResponse:
-        """P(like / click) of each item for this history."""
-        return ScoreResponse(domain=req.domain, scores=await probabilities(req.domain, req.history, req.items))
+        """P(like / click) of each item for this history and/or profile."""
+        return ScoreResponse(domain=req.domain,
+                             scores=await probabilities(req.domain, req.history, req.items, req.profile))
 
     @app.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(req: RecommendRequest) -> RecommendResponse:
-        """The k best candidates for this history, best first (history prefix encoded once)."""
-        probs = await probabilities(req.domain, req.history, req.candidates)
+        """The k best candidates for this history and/or profile, best first (prompt prefix encoded once)."""
+        probs = await probabilities(req.domain, req.history, req.candidates, req.profile)
         items = [_item(c) for c in req.candidates]
         order = sorted(range(len(items)), key=lambda i: -probs[i])[:req.k]  # stable: ties keep input order
         return RecommendResponse(domain=req.domain, items=[

@@ -9,6 +9,13 @@ History entries: a title (str) or an `Item` counts as liked; `(title_or_item, Tr
 or disliked; `(title_or_item, 4.0)` gives a 1-5 rating (> 3 counts as liked, as in training). Items
 and candidates: a title (str) or an `Item` (whose category, when set, is shown in the prompt as in
 training). Only the adapter's training `history_len` most recent entries (the list's end) are used.
+
+A new user with no history can be described instead (cold start; train with `--task profile`):
+
+    rec.rank(profile="I am a 25-year-old woman; occupation: writer. I like Sci-Fi.", candidates=[...])
+    rec.rank(profile={"age": 25, "gender": "F", "occupation": "writer", "likes": ["Sci-Fi"]}, candidates=[...])
+
+A mapping is rendered with the very words training used (recpeft.tasks.profiles.render_profile).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from recpeft.serving.prefix import (
     naive_answer_logits,
     split_prompt,
 )
+from recpeft.tasks.profiles import as_profile
 from recpeft.tasks.prompts import (
     RATING_ANSWERS,
     RATING_SYSTEM,
@@ -40,6 +48,7 @@ from recpeft.tasks.prompts import (
     answer_token_ids,
     interests_message,
     pitch_message,
+    profile_message,
     rating_message,
     render,
     user_message,
@@ -47,6 +56,7 @@ from recpeft.tasks.prompts import (
 
 ItemLike = str | Item
 HistoryEntry = str | Item | tuple[ItemLike, bool] | tuple[ItemLike, float]
+Profile = str | Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -113,11 +123,12 @@ class Recommender:
         rated = as_history(history)
         return rated[-self.history_len:] if self.history_len else []
 
-    def _preference_split(self, history: Sequence[HistoryEntry]):
+    def _preference_split(self, history: Sequence[HistoryEntry], profile: Profile | None = None):
         rated = self._recent(history)
-        message = user_message(PreferencePrompt([r.item for r in rated if r.liked],
-                                                [r.item for r in rated if not r.liked],
-                                                Item(SENTINEL, SENTINEL)), self.domain)
+        liked, disliked = [r.item for r in rated if r.liked], [r.item for r in rated if not r.liked]
+        target = Item(SENTINEL, SENTINEL)
+        message = (user_message(PreferencePrompt(liked, disliked, target), self.domain) if profile is None
+                   else profile_message(as_profile(profile), liked, disliked, target, self.domain))
         return split_prompt(self.tokenizer, render(self.tokenizer, message))
 
     def _logits(self, split, items: Sequence[ItemLike], answer_ids: list[int], naive: bool,
@@ -127,11 +138,12 @@ class Recommender:
         with self.bank.use(self.name) as model:
             return run(model, split.prefix_ids, suffixes, answer_ids, self.tokenizer.pad_token_id, batch_size)
 
-    def prepare(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike]) -> Prepared:
+    def prepare(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike],
+                profile: Profile | None = None) -> Prepared:
         """Tokenise a scoring request (raises UserError for a bad one), for `score_prepared`."""
         if not items:
             raise UserError("no items to score")
-        split = self._preference_split(history)
+        split = self._preference_split(history, profile)
         return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items])
 
     def score_prepared(self, requests: Sequence[Prepared], batch_size: int = 64, interrupt=None) -> list[list[float]]:
@@ -149,28 +161,30 @@ class Recommender:
         return self.score_prepared([self.prepare(h, items) for h, items in requests], batch_size)
 
     def score(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike], batch_size: int = 64,
-              naive: bool = False) -> list[float]:
+              naive: bool = False, profile: Profile | None = None) -> list[float]:
         """P(the user likes / clicks each item), in the items' order.
 
         The history prefix is encoded once and its KV cache reused for every item; naive=True runs the
-        reference path instead (a full forward per item, `batch_size` rows at a time).
+        reference path instead (a full forward per item, `batch_size` rows at a time). profile: the user's
+        self-description, shown before the history (see the module docstring).
         """
         if naive:
             if not items:
                 raise UserError("no items to score")
-            logits = self._logits(self._preference_split(history), items, self.answer_ids, True, batch_size)
+            logits = self._logits(self._preference_split(history, profile), items, self.answer_ids, True, batch_size)
             return torch.softmax(logits, dim=-1)[:, -1].tolist()
-        return self.score_prepared([self.prepare(history, items)], batch_size)[0]
+        return self.score_prepared([self.prepare(history, items, profile)], batch_size)[0]
 
-    def rank(self, history: Sequence[HistoryEntry], candidates: Sequence[ItemLike], k: int = 10,
-             batch_size: int = 64) -> list[tuple[Item, float]]:
-        """The k candidates the user is most likely to like, best first, as (item, probability)."""
+    def rank(self, history: Sequence[HistoryEntry] = (), candidates: Sequence[ItemLike] = (), k: int = 10,
+             batch_size: int = 64, profile: Profile | None = None) -> list[tuple[Item, float]]:
+        """The k candidates the user is most likely to like, best first, as (item, probability).
+        A user without history can be given by `profile` alone (cold start)."""
         if not candidates:
             raise UserError("the candidate list is empty; give at least one item to rank")
         if k < 1:
             raise UserError(f"k must be at least 1, got {k}")
         items = [as_item(c) for c in candidates]
-        probs = self.score(history, items, batch_size=batch_size)
+        probs = self.score(history, items, batch_size=batch_size, profile=profile)
         order = sorted(range(len(items)), key=lambda i: -probs[i])  # stable: ties keep input order
         return [(items[i], probs[i]) for i in order[:k]]
 

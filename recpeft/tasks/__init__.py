@@ -7,6 +7,7 @@ classical baselines read the same splits and candidates.
 
     preference  Yes/No like prediction (TALLRec), AUC          click      the same on click labels
     rating      1-5 from the digit tokens, RMSE / MAE          ranking    1 + K candidates, NDCG@10
+    profile     ranking for held-out users known by a profile text (cold start), NDCG@10
     interests   generated category list, F1 vs. the future
     instruction alpaca / TALLRec records as they are: Yes/No AUC, or LM loss + exact match
 """
@@ -29,6 +30,7 @@ TASKS: dict[str, str] = {
     "click": "recpeft.tasks.preference:ClickTask",
     "rating": "recpeft.tasks.rating:RatingTask",
     "ranking": "recpeft.tasks.ranking:RankingTask",
+    "profile": "recpeft.tasks.profile:ProfileTask",
     "interests": "recpeft.tasks.interests:InterestsTask",
     "instruction": "recpeft.tasks.instruction:InstructionTask",
 }

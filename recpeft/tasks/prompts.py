@@ -41,6 +41,16 @@ def user_message(p: PreferencePrompt, domain: Domain) -> str:
     )
 
 
+def profile_message(profile: str, liked: list[Item], disliked: list[Item], target: Item, domain: Domain) -> str:
+    """A user known by a self-description (the profile task, cold start), with their history when
+    they have one: the profile first, then the liked/disliked lines if any, then the question."""
+    lines = [f"About the user: {profile}"]
+    if liked or disliked:
+        lines += [f"{domain.liked_word}: {_items(liked)}.", f"{domain.disliked_word}: {_items(disliked)}."]
+    return "\n".join(lines) + (f"\nWill the user {domain.positive_verb} this {domain.item_noun}? "
+                               f"{domain.item_noun.capitalize()}: {target.text()}")
+
+
 def rating_message(rated: list[tuple[Item, float]], target: Item, domain: Domain) -> str:
     """Rating prediction: the history with its 1-5 ratings, then the question, then the target last."""
     history = "; ".join(f"{item.text()}: {rating:g}" for item, rating in rated) if rated else "(none)"

@@ -64,14 +64,17 @@ class RankingTask(PreferenceTask):
 
     def encode_eval(self, examples: list) -> EvalSet:
         flat = [c for ex in examples for c in candidate_examples(ex)]
-        counts = train_item_counts(self.data)
         return EvalSet(super().encode_train(flat), examples,
-                       {"cold": cold_start(examples, counts, COLD_MAX_COUNT)})
+                       {"cold": cold_start(examples, self.item_counts(), COLD_MAX_COUNT)})
+
+    def item_counts(self) -> dict[str, int]:
+        """Training interactions per item, which decide the cold-start slice."""
+        return train_item_counts(self.data)
 
     def cold_eval_set(self, split: str = "test", limit: int = 0) -> EvalSet:
         """Only the cold-start examples of a split (true item with <= COLD_MAX_COUNT training interactions):
         a slice big enough to compare on, where a random subset of the split holds few of them."""
-        counts = train_item_counts(self.data)
+        counts = self.item_counts()
         return self.eval_set(split, limit, where=lambda ex: counts.get(ex.candidates[0], 0) <= COLD_MAX_COUNT)
 
     def check_rows(self, train: list[Encoded], valid: EvalSet) -> None:
@@ -95,12 +98,15 @@ class RankingTask(PreferenceTask):
         """P(Yes) for each of ex's candidates, in candidate order, over one shared prefix."""
         was_training = model.training
         model.eval()
-        liked, disliked = liked_disliked(self.data, ex.history, self.cfg.history_len)
-        prompt = PreferencePrompt(liked, disliked, Item(SENTINEL, SENTINEL))
-        split = split_prompt(self.tok, render(self.tok, user_message(prompt, self.domain)))
+        split = split_prompt(self.tok, render(self.tok, self.prefix_message(ex)))
         suffixes = [split.suffix_ids(self.tok, self.data.items[c].text()) for c in ex.candidates]
         logits = cached_answer_logits(model, split.prefix_ids, suffixes, self.answer_ids, self.tok.pad_token_id)
         model.train(was_training)
         if progress is not None:
             progress.update(len(suffixes))
         return torch.softmax(logits, dim=-1)[:, -1].tolist()
+
+    def prefix_message(self, ex: RankingExample) -> str:
+        """The user message of ex's prompts with the target left as the SENTINEL (split_prompt cuts there)."""
+        liked, disliked = liked_disliked(self.data, ex.history, self.cfg.history_len)
+        return user_message(PreferencePrompt(liked, disliked, Item(SENTINEL, SENTINEL)), self.domain)
