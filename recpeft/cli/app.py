@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from recpeft.cli.chat import chat
 from recpeft.cli.options import with_train_flags
 from recpeft.cli.runs import runs_cmd
 from recpeft.cli.use import baselines, eval_cmd, merge, recommend, serve, verify
@@ -115,7 +116,7 @@ def models_pull(
 
 
 for _name, _verb in (("eval", eval_cmd), ("verify", verify), ("baselines", baselines), ("recommend", recommend),
-                     ("merge", merge), ("serve", serve), ("runs", runs_cmd)):
+                     ("chat", chat), ("merge", merge), ("serve", serve), ("runs", runs_cmd)):
     app.command(_name)(_verb)
 
 

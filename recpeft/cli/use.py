@@ -212,10 +212,15 @@ def serve(
                                          "send a request's headers, and again its body (408 beyond)."),
     max_connections: int = typer.Option(256, "--max-connections", min=1, help="Open connections at once; "
                                         "beyond it uvicorn answers 503 (a backstop against many slow clients)."),
+    max_sessions: int = typer.Option(1000, "--max-sessions", min=1, help="Interactive sessions (/v1/sessions) kept "
+                                     "at once; a new one beyond it ends the least recently used."),
+    session_ttl: float = typer.Option(900.0, "--session-ttl", min=1.0, help="Seconds a session lives after its "
+                                      "last use; then its id is a 404."),
 ) -> None:
     """Serve the adapters over HTTP (FastAPI; OpenAPI docs at /docs), one shared base model."""
     from recpeft.serving.http import Limits, run
 
     run(adapters, host, port, bits=bits, limits=Limits(max_queue=max_queue, timeout=timeout, max_body=max_body,
                                                       client_timeout=client_timeout, batching=batching,
-                                                      max_batch=max_batch, max_connections=max_connections))
+                                                      max_batch=max_batch, max_connections=max_connections,
+                                                      max_sessions=max_sessions, session_ttl=session_ttl))

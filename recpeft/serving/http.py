@@ -1,6 +1,7 @@
 """`recpeft serve`: the adapters over HTTP (FastAPI, OpenAPI docs at /docs), one shared base model.
 
-Endpoints: POST /v1/recommend, POST /v1/score, GET /v1/adapters, GET /health. Bad input is always a
+Endpoints: POST /v1/recommend, POST /v1/score, GET /v1/adapters, GET /health, and the interactive
+sessions under /v1/sessions (http_sessions.py). Bad input is always a
 4xx with a one-line reason: pydantic's 422 (field and rule), 400 for unusable JSON, 404 for an
 unknown domain, 413 for a large body (chunked too), 408 for headers or a body that trickle in too
 slowly. Under load, model work goes through a micro-batcher (batcher.py): concurrent requests for one
@@ -13,25 +14,28 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
 from recpeft import __version__
 from recpeft.data.schema import Item
 from recpeft.errors import UserError
 from recpeft.serving.batcher import MicroBatcher, Overloaded, TimedOut
-
-MAX_HISTORY = 50
-MAX_CANDIDATES = 500
-MAX_BODY_BYTES = 256 * 1024
-MAX_TEXT = 300
-
-
-# pydantic refuses lone surrogates ("\ud800"), which the tokenizer could not encode
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT)]
+from recpeft.serving.http_models import (  # noqa: F401  (MAX_*: the limits, importable from here as before)
+    MAX_BODY_BYTES,
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    UNION_TAGS,
+    RecommendRequest,
+    RecommendResponse,
+    Scored,
+    ScoreRequest,
+    ScoreResponse,
+    to_history,
+    to_item,
+    to_profile,
+)
+from recpeft.serving.http_sessions import add_session_routes
 
 
 @dataclass(frozen=True)
@@ -45,108 +49,8 @@ class Limits:
     batching: bool = True
     max_batch: int = 512
     max_connections: int = 256
-
-
-class ItemIn(BaseModel):
-    """An item: its title, and optionally an id and a category (shown in the prompt, as in training)."""
-
-    model_config = ConfigDict(extra="forbid")
-    title: Text
-    item_id: ShortText | None = None
-    category: ShortText = ""
-
-
-class HistoryIn(ItemIn):
-    """A history entry: liked by default; `liked: false` for a dislike, or a 1-5 `rating` (> 3 = liked)."""
-
-    liked: bool | None = None
-    rating: Annotated[float, Field(ge=1, le=5, allow_inf_nan=False)] | None = None
-
-
-def _kind(entry) -> str | None:
-    return "text" if isinstance(entry, str) else "item" if isinstance(entry, dict) else None
-
-
-def _entry(model):
-    """A title or an object, told apart by the input's type: errors name the one branch that applies."""
-    return Annotated[Annotated[Text, Tag("text")] | Annotated[model, Tag("item")], Discriminator(
-        _kind, custom_error_type="entry_type", custom_error_message="Input should be a title (a string) or an "
-        "object with a title")]
-
-
-ItemEntry, HistoryEntry = _entry(ItemIn), _entry(HistoryIn)
-
-
-class ProfileIn(BaseModel):
-    """A new user's profile as fields, worded as the profile task trained on (recpeft/tasks/profiles.py)."""
-
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
-    age: Annotated[int, Field(ge=1, le=120)] | None = None
-    gender: ShortText | None = None
-    occupation: ShortText | None = None
-    likes: Annotated[list[ShortText], Field(max_length=50)] | None = None
-
-
-ProfileEntry = Annotated[Annotated[Text, Tag("text")] | Annotated[ProfileIn, Tag("item")], Discriminator(
-    _kind, custom_error_type="profile_type", custom_error_message="Input should be a profile text (a string) or "
-    "an object with age, gender, occupation and likes")]
-UNION_TAGS = ("text", "item")  # in an error's location, right after the list index
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: Text
-    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
-    profile: ProfileEntry | None = None
-    items: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: Text
-    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
-    profile: ProfileEntry | None = None
-    candidates: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
-    k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 10
-
-
-class Scored(BaseModel):
-    item_id: str
-    title: str
-    category: str
-    score: float
-
-
-class ScoreResponse(BaseModel):
-    domain: str
-    scores: list[float]
-
-
-class RecommendResponse(BaseModel):
-    domain: str
-    items: list[Scored]
-
-
-def _item(x: str | ItemIn) -> Item:
-    if isinstance(x, str):
-        return Item(x, x)
-    return Item(x.item_id or x.title, x.title, x.category)
-
-
-def _profile(profile: str | ProfileIn | None):
-    return profile.model_dump(exclude_none=True) if isinstance(profile, ProfileIn) else profile
-
-
-def _history(entries: list[str | HistoryIn]) -> list:
-    out = []
-    for e in entries:
-        if isinstance(e, str):
-            out.append(e)
-        elif e.rating is not None:
-            out.append((_item(e), e.rating))
-        else:
-            out.append((_item(e), e.liked is not False))
-    return out
+    max_sessions: int = 1000
+    session_ttl: float = 900.0
 
 
 class BodyGuard:
@@ -298,9 +202,9 @@ def create_app(recs, limits: Limits | None = None):
         """In the batcher's worker thread: tokenise each request (a bad one fails alone), score the
         rest together."""
         rec, results, ready = recs[domain], [None] * len(payloads), []
-        for i, (history, items, profile) in enumerate(payloads):
+        for i, (history, items, profile, critiques) in enumerate(payloads):
             try:
-                ready.append((i, rec.prepare(history, items, profile)))
+                ready.append((i, rec.prepare(history, items, profile, critiques)))
             except UserError as exc:
                 results[i] = exc
         if ready:
@@ -342,10 +246,13 @@ def create_app(recs, limits: Limits | None = None):
         return recs[domain]
 
     async def probabilities(domain: str, history: list, items: list, profile=None) -> list[float]:
+        return await submit(domain, to_history(history), [to_item(i) for i in items], to_profile(profile))
+
+    async def submit(domain: str, history: list, items: list[Item], profile=None, critiques=()) -> list[float]:
+        """P(like) of items through the micro-batcher; its refusals and a bad request become HTTP errors."""
         get(domain)
         try:
-            return await batcher.submit(domain, (_history(history), [_item(i) for i in items], _profile(profile)),
-                                        size=len(items))
+            return await batcher.submit(domain, (history, items, profile, tuple(critiques)), size=len(items))
         except Overloaded as exc:
             raise HTTPException(503, f"server busy: {exc.queued} requests queued (--max-queue "
                                 f"{limits.max_queue}); retry in {exc.retry_after} s",
@@ -378,12 +285,13 @@ def create_app(recs, limits: Limits | None = None):
     async def recommend(req: RecommendRequest) -> RecommendResponse:
         """The k best candidates for this history and/or profile, best first (prompt prefix encoded once)."""
         probs = await probabilities(req.domain, req.history, req.candidates, req.profile)
-        items = [_item(c) for c in req.candidates]
+        items = [to_item(c) for c in req.candidates]
         order = sorted(range(len(items)), key=lambda i: -probs[i])[:req.k]  # stable: ties keep input order
         return RecommendResponse(domain=req.domain, items=[
             Scored(item_id=items[i].item_id, title=items[i].title, category=items[i].category, score=probs[i])
             for i in order])
 
+    add_session_routes(app, recs, submit, limits)
     return app
 
 

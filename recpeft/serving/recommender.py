@@ -44,14 +44,12 @@ from recpeft.tasks.prompts import (
     RATING_ANSWERS,
     RATING_SYSTEM,
     TEXT_SYSTEM,
-    PreferencePrompt,
     answer_token_ids,
     interests_message,
     pitch_message,
     profile_message,
     rating_message,
     render,
-    user_message,
 )
 
 ItemLike = str | Item
@@ -123,12 +121,12 @@ class Recommender:
         rated = as_history(history)
         return rated[-self.history_len:] if self.history_len else []
 
-    def _preference_split(self, history: Sequence[HistoryEntry], profile: Profile | None = None):
+    def _preference_split(self, history: Sequence[HistoryEntry], profile: Profile | None = None,
+                          critiques: Sequence[str] = ()):
         rated = self._recent(history)
-        liked, disliked = [r.item for r in rated if r.liked], [r.item for r in rated if not r.liked]
-        target = Item(SENTINEL, SENTINEL)
-        message = (user_message(PreferencePrompt(liked, disliked, target), self.domain) if profile is None
-                   else profile_message(as_profile(profile), liked, disliked, target, self.domain))
+        message = profile_message(None if profile is None else as_profile(profile), [r.item for r in rated if r.liked],
+                                  [r.item for r in rated if not r.liked], Item(SENTINEL, SENTINEL), self.domain,
+                                  tuple(critiques))
         return split_prompt(self.tokenizer, render(self.tokenizer, message))
 
     def _logits(self, split, items: Sequence[ItemLike], answer_ids: list[int], naive: bool,
@@ -138,12 +136,13 @@ class Recommender:
         with self.bank.use(self.name) as model:
             return run(model, split.prefix_ids, suffixes, answer_ids, self.tokenizer.pad_token_id, batch_size)
 
-    def prepare(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike],
-                profile: Profile | None = None) -> Prepared:
-        """Tokenise a scoring request (raises UserError for a bad one), for `score_prepared`."""
+    def prepare(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike], profile: Profile | None = None,
+                critiques: Sequence[str] = ()) -> Prepared:
+        """Tokenise a scoring request (raises UserError for a bad one), for `score_prepared`. critiques: a
+        session's free-text requests ("less violent"), shown after the history (recpeft.serving.session)."""
         if not items:
             raise UserError("no items to score")
-        split = self._preference_split(history, profile)
+        split = self._preference_split(history, profile, critiques)
         return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items])
 
     def score_prepared(self, requests: Sequence[Prepared], batch_size: int = 64, interrupt=None) -> list[list[float]]:
@@ -187,6 +186,14 @@ class Recommender:
         probs = self.score(history, items, batch_size=batch_size, profile=profile)
         order = sorted(range(len(items)), key=lambda i: -probs[i])  # stable: ties keep input order
         return [(items[i], probs[i]) for i in order[:k]]
+
+    def session(self, candidates: Sequence[ItemLike] | None = None, history: Sequence[HistoryEntry] = (),
+                profile: Profile | None = None, k: int = 5):
+        """An interactive session (recpeft.serving.session.Session): recommend, take accept / reject /
+        critique feedback, recommend again. candidates: default the adapter's catalogue."""
+        from recpeft.serving.session import Session
+
+        return Session(self, self.catalog() if candidates is None else candidates, history, profile, k)
 
     def predict_rating(self, history: Sequence[HistoryEntry], item: ItemLike) -> float:
         """Expected 1-5 rating: the softmax over the digit tokens 1..5 at the answer position, averaged.

@@ -41,12 +41,19 @@ def user_message(p: PreferencePrompt, domain: Domain) -> str:
     )
 
 
-def profile_message(profile: str, liked: list[Item], disliked: list[Item], target: Item, domain: Domain) -> str:
-    """A user known by a self-description (the profile task, cold start), with their history when
-    they have one: the profile first, then the liked/disliked lines if any, then the question."""
-    lines = [f"About the user: {profile}"]
-    if liked or disliked:
+def profile_message(profile: str | None, liked: list[Item], disliked: list[Item], target: Item, domain: Domain,
+                    critiques: tuple[str, ...] | list[str] = ()) -> str:
+    """The preference question with what else is known of the user: a self-description (the profile task,
+    cold start) first, then the liked/disliked lines, then a session's critiques, then the question.
+    With neither profile nor critiques it is `user_message`, word for word; with a profile the history
+    lines appear only when there is a history (the profile task trains without one)."""
+    if profile is None and not critiques:
+        return user_message(PreferencePrompt(liked, disliked, target), domain)
+    lines = [f"About the user: {profile}"] if profile is not None else []
+    if liked or disliked or profile is None:
         lines += [f"{domain.liked_word}: {_items(liked)}.", f"{domain.disliked_word}: {_items(disliked)}."]
+    if critiques:
+        lines.append(f"The user asks for: {'; '.join(critiques)}.")
     return "\n".join(lines) + (f"\nWill the user {domain.positive_verb} this {domain.item_noun}? "
                                f"{domain.item_noun.capitalize()}: {target.text()}")
 

@@ -1,0 +1,171 @@
+"""Interactive sessions (issue 17.3): the Session state machine, its prompts, the HTTP sessions with their
+bounds and expiry, and `recpeft chat` driven in a real terminal (tmux) as a person would."""
+
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+from fastapi.testclient import TestClient
+
+import recpeft
+from recpeft.data.formats.csvdir import load_sample
+from recpeft.errors import UserError
+from recpeft.serving.http import Limits, create_app
+from recpeft.serving.http_sessions import SessionStore
+from recpeft.serving.session import MAX_CRITIQUES
+from recpeft.tasks.prompts import profile_message, user_message
+
+VIDEO = list(load_sample("video").items.values())
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_adapters):
+    return recpeft.load(tiny_adapters["news"])
+
+
+def test_a_session_never_repeats_and_feedback_reaches_the_prompt(rec):
+    s = rec.session(VIDEO[:30], history=[VIDEO[40]], k=4)
+    first = s.recommend()
+    assert len(first) == 4 and s.turns == 1
+    # turn one is the plain ranking of the candidates: the same scores as rank()
+    assert [(i.item_id, round(p, 5)) for i, p in first] == \
+        [(i.item_id, round(p, 5)) for i, p in rec.rank([VIDEO[40]], VIDEO[:30], k=4)]
+    rejected, accepted = s.reject(1), s.accept(first[1][0].title)
+    s.critique("  something   shorter ")
+    req = s.request()
+    assert req.critiques == ("something shorter",)
+    assert [(i.item_id, m) for i, m in req.history] == [(VIDEO[40].item_id, True), (rejected.item_id, False),
+                                                        (accepted.item_id, True)]
+    second = s.recommend()
+    assert not {i.item_id for i, _ in first} & {i.item_id for i, _ in second}
+    # the turn's scores are the recommender's for the same history + critique prompt
+    prepared = rec.prepare(req.history, req.items, None, req.critiques)
+    again = rec.score_prepared([prepared])[0]
+    assert [round(p, 5) for _, p in second] == sorted((round(p, 5) for p in again), reverse=True)[:4]
+    assert again != rec.score(req.history, req.items)  # the critique changes the scores
+    while s.recommend():
+        pass
+    assert len(s.shown) == 30 and s.remaining() == []  # every candidate, each once
+    assert len({i.item_id for i in s.shown}) == len(s.shown)
+
+
+def test_session_errors_are_clear(rec):
+    s = rec.session(VIDEO[:5], k=2)
+    s.recommend()
+    for call, needle in [(lambda: s.accept(3), "no recommendation number 3"),
+                         (lambda: s.reject("No Such Film"), "not among this session's candidates"),
+                         (lambda: s.critique("   "), "the critique is empty"),
+                         (lambda: s.critique("x" * 301), "at most 300 characters"),
+                         (lambda: rec.session([], k=2), "candidate list is empty"),
+                         (lambda: rec.session(VIDEO[:3], k=0), "k must be at least 1"),
+                         (lambda: rec.session(VIDEO[:3], profile=" "), "the profile is empty")]:
+        with pytest.raises(UserError) as err:
+            call()
+        assert needle in str(err.value)
+    for n in range(MAX_CRITIQUES + 2):
+        s.critique(f"c{n}")
+    assert s.critiques == [f"c{n}" for n in range(2, MAX_CRITIQUES + 2)]
+
+
+def test_the_session_prompt_is_the_plain_prompt_until_there_is_feedback():
+    from recpeft.domains import get_domain
+    from recpeft.tasks.prompts import PreferencePrompt
+
+    d, liked, target = get_domain("video"), VIDEO[:2], VIDEO[5]
+    assert profile_message(None, liked, [], target, d) == user_message(PreferencePrompt(liked, [], target), d)
+    with_critique = profile_message(None, liked, [], target, d, ("less violent", "shorter"))
+    assert with_critique.splitlines()[2] == "The user asks for: less violent; shorter."
+    assert with_critique.splitlines()[:2] == user_message(PreferencePrompt(liked, [], target), d).splitlines()[:2]
+
+
+def test_http_sessions_follow_the_python_session_and_are_bounded(tiny_adapters):
+    recs = recpeft.load_many({"news": tiny_adapters["news"]})
+    app = create_app(recs, Limits(max_sessions=2, session_ttl=60))
+    client = TestClient(app)
+    titles = [i.title for i in VIDEO[:20]]
+    r = client.post("/v1/sessions", json={"domain": "news", "candidates": titles, "history": [titles[19]], "k": 3})
+    assert r.status_code == 200, r.text
+    sid, first = r.json()["session_id"], r.json()["items"]
+    local = recs["news"].session(titles, history=[titles[19]], k=3)
+    assert [x["title"] for x in first] == [i.title for i, _ in local.recommend()]
+    r = client.post(f"/v1/sessions/{sid}", json={"reject": [1], "accept": [first[2]["title"]], "critique": "shorter"})
+    assert r.status_code == 200, r.text
+    local.reject(1), local.accept(first[2]["title"]), local.critique("shorter")
+    want = local.recommend()
+    assert [x["title"] for x in r.json()["items"]] == [i.title for i, _ in want]
+    assert all(abs(x["score"] - p) < 1e-6 for x, (_, p) in zip(r.json()["items"], want))
+    state = client.get(f"/v1/sessions/{sid}").json()
+    assert state["critiques"] == ["shorter"] and state["turns"] == 2 and first[0]["title"] in state["disliked"]
+    for body, needle in [({"accept": [9]}, "no recommendation number 9"), ({"critique": ""}, "at least 1 character"),
+                         ({"colour": 1}, "Extra inputs are not permitted")]:
+        r = client.post(f"/v1/sessions/{sid}", json=body)
+        assert r.status_code == 422 and needle in r.text, r.text
+    r = client.post("/v1/sessions", json={"domain": "news", "candidates": titles, "profile": {"colour": "red"}})
+    assert r.status_code == 422 and "profile.colour" in r.text
+    # bounded: a third session ends the least recently used one
+    others = [client.post("/v1/sessions", json={"domain": "news", "candidates": titles}).json()["session_id"]
+              for _ in range(2)]
+    r = client.get(f"/v1/sessions/{sid}")
+    assert r.status_code == 404 and "unknown or expired" in r.text
+    assert client.delete(f"/v1/sessions/{others[0]}").json() == {"session_id": others[0], "ended": True}
+    assert client.get(f"/v1/sessions/{others[0]}").status_code == 404
+    assert client.post("/v1/sessions", json={"domain": "sports", "candidates": titles}).status_code == 404
+
+
+def test_sessions_expire_when_idle():
+    now = [0.0]
+    store = SessionStore(max_sessions=10, ttl=5, clock=lambda: now[0])
+    a, b = store.add("A", "news"), store.add("B", "news")
+    now[0] = 4.0
+    store.get(a)  # used: lives until 9
+    now[0] = 6.0
+    assert store.get(a).session == "A"
+    with pytest.raises(KeyError):
+        store.get(b)
+    assert len(store) == 1
+
+
+def _tmux(*args) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _wait_screen(session: str, needle: str, seconds: float = 120) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        screen = _tmux("capture-pane", "-p", "-t", session, "-S", "-200")
+        if needle in screen:
+            return screen
+        assert time.monotonic() < deadline, f"{needle!r} never appeared; screen:\n{screen}"
+        time.sleep(0.2)
+
+
+def test_chat_in_a_real_terminal(tiny_adapters, tmp_path):
+    """Type into `recpeft chat` in tmux: it recommends, takes a rejection, an acceptance and a critique, says
+    what went wrong on a bad number without quitting, and ends on q."""
+    cands = tmp_path / "cands.txt"
+    cands.write_text("\n".join(i.title for i in VIDEO[:12]) + "\n")
+    name = f"recpeft-chat-{tmp_path.name}"
+    cmd = shlex.join([sys.executable, "-m", "recpeft", "chat", "--adapter", str(tiny_adapters["news"]),
+                      "--candidates", str(cands), "-k", "3"])
+    _tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", f"cd {shlex.quote(str(ROOT))} && {cmd}; "
+          "echo EXIT=$?; sleep 30")
+    try:
+        screen = _wait_screen(name, "\n>\n")  # the prompt ("> ": tmux drops the trailing space)
+        first = [line for line in screen.splitlines() if line.startswith(" 1. ")][0]
+        _tmux("send-keys", "-t", name, "--", "-1", "Enter")
+        _wait_screen(name, "rejected: " + first.split("  ", 2)[1].split("  (")[0])
+        _tmux("send-keys", "-t", name, "--", "+7", "Enter")
+        _wait_screen(name, "no recommendation number 7")
+        _tmux("send-keys", "-t", name, "--", "something with dragons", "Enter")
+        _wait_screen(name, "noted: something with dragons")
+        _tmux("send-keys", "-t", name, "--", "q", "Enter")
+        screen = _wait_screen(name, "EXIT=")
+        assert "EXIT=0" in screen and "bye: 3 turns" in screen and "Traceback" not in screen
+        shown = [line.split("  ", 2)[1].split("  (")[0] for line in screen.splitlines()
+                 if line[:4].strip()[:-1].isdigit()]
+        assert len(shown) == 9 and len(set(shown)) == 9  # three turns of three, nothing shown twice
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
