@@ -107,8 +107,8 @@ def test_sharded_evaluation_scores_each_unit_once_and_matches_one_process(tiny_t
             assert got["metrics"].keys() == alone[task]["metrics"].keys()
             for key, value in alone[task]["metrics"].items():
                 assert math.isclose(got["metrics"][key], value, abs_tol=1e-6) or math.isnan(value), (task, key)
-    # 3 batches for each row-batched task and 9 users for ranking: shared 2/1 and 5/4, each scored once
-    assert [r["units"] for r in ranks] == [2 + 2 + 5 + 2, 1 + 1 + 4 + 1] and one.units == 3 + 3 + 9 + 3
+    # 3 batches for each row-batched task, shared 2/1; ranking's 9 users in one group alone, in 5 + 4 on two
+    assert [r["units"] for r in ranks] == [2 + 2 + 1 + 2, 1 + 1 + 1 + 1] and one.units == 3 + 3 + 1 + 3
 
 
 def test_two_process_evaluation_is_shared_and_equals_one_process(two_reference):

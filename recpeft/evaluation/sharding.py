@@ -44,6 +44,15 @@ def across(state) -> Iterator[Share]:
         _SHARE.reset(token)
 
 
+def chunks(units: Sequence[T], size: int) -> list[Sequence[T]]:
+    """units in consecutive chunks of at most `size`, small enough that every process evaluating
+    together gets one (9 users on 2 processes: 5 + 4, not 9 + 0)."""
+    share = _SHARE.get()
+    processes = share.num_processes if share is not None else 1
+    size = max(1, min(size, -(-len(units) // processes)))
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
 def shared_map(fn: Callable[[T], Any], units: Sequence[T]) -> list[Any]:
     """[fn(u) for u in units], each unit computed by one process only inside `across`."""
     share = _SHARE.get()

@@ -14,8 +14,8 @@ import torch
 
 from recpeft.data.schema import Interaction, Item
 from recpeft.evaluation.metrics import ranking_metrics
-from recpeft.evaluation.sharding import shared_map
-from recpeft.serving.prefix import SENTINEL, cached_answer_logits, split_prompt
+from recpeft.evaluation.sharding import chunks, shared_map
+from recpeft.serving.prefix import SENTINEL, cached_answer_logits_many, split_prompt
 from recpeft.tasks.base import EvalSet, Evaluation
 from recpeft.tasks.batches import Encoded
 from recpeft.tasks.examples import (
@@ -31,6 +31,9 @@ from recpeft.tasks.prompts import PreferencePrompt, render, user_message
 
 TRAIN_NEGATIVES = 1  # No-rows per Yes-row in training: balanced classes, one prefix read twice
 COLD_MAX_COUNT = 2
+# Users scored together through the cached prefix: their candidates share forwards. 1.75x faster than one
+# user at a time (32 ML-100k users x 20 candidates, SmolLM2-135M, 2-core EPYC: 41 s against 72 s).
+USERS_PER_CALL = 16
 
 
 def candidate_examples(ex: RankingExample, n_candidates: int | None = None) -> list[Example]:
@@ -85,8 +88,10 @@ class RankingTask(PreferenceTask):
         """cached: each user's prefix (history + question) runs once and its KV cache serves all of the
         user's candidates (recpeft.serving.prefix); False scores every candidate's full prompt (the reference)."""
         if cached:
-            # each process its share of the users, inside sharding.across
-            scores = shared_map(lambda ex: self._cached_scores(model, ex, progress), evalset.examples)
+            # USERS_PER_CALL users at a time, each process its share of the chunks (inside sharding.across)
+            groups = chunks(evalset.examples, USERS_PER_CALL)
+            parts = shared_map(lambda group: self._cached_scores(model, group, progress), groups)
+            scores = [s for part in parts for s in part]
         else:
             probs = super().evaluate(model, evalset, batch_size, device, progress).outputs["scores"]
             width = len(evalset.rows) // max(1, len(evalset.examples))
@@ -94,17 +99,21 @@ class RankingTask(PreferenceTask):
         metrics = {**ranking_metrics(scores), "n": len(scores), **cold_start_metrics(scores, evalset.extra["cold"])}
         return Evaluation(metrics, {"scores": scores, "cold": evalset.extra["cold"]})
 
-    def _cached_scores(self, model, ex: RankingExample, progress=None) -> list[float]:
-        """P(Yes) for each of ex's candidates, in candidate order, over one shared prefix."""
+    def _cached_scores(self, model, examples: list, progress=None) -> list[list[float]]:
+        """P(Yes) for each candidate of each example, in candidate order: each example's prefix runs once and
+        serves its candidates, and the examples' candidates share forwards (cached_answer_logits_many)."""
         was_training = model.training
         model.eval()
-        split = split_prompt(self.tok, render(self.tok, self.prefix_message(ex)))
-        suffixes = [split.suffix_ids(self.tok, self.data.items[c].text()) for c in ex.candidates]
-        logits = cached_answer_logits(model, split.prefix_ids, suffixes, self.answer_ids, self.tok.pad_token_id)
+        requests = []
+        for ex in examples:
+            split = split_prompt(self.tok, render(self.tok, self.prefix_message(ex)))
+            requests.append((split.prefix_ids, [split.suffix_ids(self.tok, self.data.items[c].text())
+                                                for c in ex.candidates]))
+        logits = cached_answer_logits_many(model, requests, self.answer_ids, self.tok.pad_token_id)
         model.train(was_training)
         if progress is not None:
-            progress.update(len(suffixes))
-        return torch.softmax(logits, dim=-1)[:, -1].tolist()
+            progress.update(sum(len(s) for _, s in requests))
+        return [torch.softmax(x, dim=-1)[:, -1].tolist() for x in logits]
 
     def prefix_message(self, ex: RankingExample) -> str:
         """The user message of ex's prompts with the target left as the SENTINEL (split_prompt cuts there)."""
