@@ -91,6 +91,10 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                                 "events.", choices=PROFILE_SOURCES)
     profile_items: int = setting(5, "Profile task: a user's first N events, whose genres the profile names as "
                                  "liked; the targets come after them.", range=(1, 1000))
+    critique_share: float = setting(0.0, "Ranking: share of training examples whose prompt also carries a "
+                                    "critique naming one of the true item's categories ('The user asks for: more "
+                                    "Film-Noir.'), as in a chat session; teaches the adapter to follow critiques.",
+                                    range=(0.0, 1.0))
     # evaluation and early stopping
     eval_every: int = setting(24, "Evaluate on validation every N steps.", range=(1, None))
     eval_samples: int = setting(128, "Validation examples per evaluation (0 = all).", range=(0, None))
@@ -237,6 +241,9 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
     if cfg.method == "adalora" and cfg.target_r >= cfg.init_r:
         where = sourced.get("target_r", (None, None))[1]
         raise UserError(f"AdaLoRA prunes ranks: target_r ({cfg.target_r}) must be below init_r ({cfg.init_r})", where)
+    if cfg.critique_share and cfg.task != "ranking":
+        where = sourced.get("critique_share", (None, None))[1]
+        raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)
     from recpeft.training.privacy import check_config as check_privacy
 
     check_privacy(cfg, {key: where for key, (_, where) in sourced.items()})

@@ -169,3 +169,83 @@ def test_chat_in_a_real_terminal(tiny_adapters, tmp_path):
         assert len(shown) == 9 and len(set(shown)) == 9  # three turns of three, nothing shown twice
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+# ------------------------------------------------------------------ the simulated user (experiments/session_sim.py)
+
+def _ranking_case(n_items: int = 12):
+    from recpeft.data.schema import Interaction, Item, RecData
+    from recpeft.tasks.examples import RankingExample
+
+    genres = ["Noir"] + ["Comedy"] * (n_items - 1)  # the target (item 0) is the only Noir film
+    items = {str(i): Item(str(i), f"Film {i}", categories=(genres[i],)) for i in range(n_items)}
+    items["h"] = Item("h", "Old film", categories=("Drama",))
+    data = RecData("case", items, [Interaction("u", "h", 1, rating=5.0)])
+    ex = RankingExample("u", "test", 2, (Interaction("u", "h", 1, rating=5.0),), tuple(str(i) for i in range(n_items)))
+    return data, ex
+
+
+def test_the_filtering_session_and_paging():
+    from recpeft.evaluation.sessions import critiques_for, hit_rates, paged, simulate_filter
+
+    data, ex = _ranking_case()
+    assert critiques_for(data, ex, 3) == ["Noir", "Noir"]
+    against = [0.0] + [1.0] * 11  # the classical scorer ranks the target last
+    (sim,) = simulate_filter(data, [ex], [against], k=3, turns=3)
+    assert sim.hit_turn == 2 and sim.critiques == ["more Noir", "more Noir"]  # found once the user asks for Noir
+    assert simulate_filter(data, [ex], [[1.0] + [0.0] * 11], k=3, turns=3)[0].hit_turn == 1
+    assert paged(against, 0, 3, 3) == 0 and paged(against, 0, 3, 4) == 4 and paged([0.5, 0.9, 0.1], 0, 1, 3) == 2
+    assert hit_rates([sim], 3) == [0.0, 1.0, 1.0]
+
+
+def test_llm_sessions_in_lockstep_equal_one_session_at_a_time(rec):
+    from recpeft.data.schema import Interaction
+    from recpeft.evaluation.sessions import critiques_for, simulate_llm
+    from recpeft.tasks.examples import ranking_examples
+
+    data = load_sample("video")
+    users = ranking_examples(data, negatives=14, seed=0)["test"][:5]
+    sims, first = simulate_llm(rec, data, users, k=3, turns=3, users_per_call=2)
+    for ex, sim, scores in zip(users, sims, first):
+        history = [(data.items[x.item_id], x.liked) for x in ex.history]
+        assert scores == pytest.approx(rec.score(history, [data.items[c] for c in ex.candidates]), abs=1e-5)
+        s = rec.session([data.items[c] for c in ex.candidates], history, k=3)
+        hit = 0
+        for t, cat in enumerate(critiques_for(data, ex, 3) + [None]):
+            if any(i.item_id == ex.candidates[0] for i, _ in s.recommend()):
+                hit = t + 1
+                break
+            if cat is not None:
+                s.critique(f"more {cat}")
+        assert sim.hit_turn == hit
+        assert isinstance(ex.history[0], Interaction)
+
+
+def test_critique_share_puts_the_true_items_category_in_training_prompts(tiny_task_model):
+    from recpeft.config import TrainConfig, build_config
+    from recpeft.domains import get_domain
+    from recpeft.models.load import load_base
+    from recpeft.tasks import get_task
+    from recpeft.tasks.batches import fit
+    from recpeft.tasks.examples import liked_disliked
+    from recpeft.tasks.ranking import TRAIN_NEGATIVES, candidate_examples
+
+    _, tok, _ = load_base(str(tiny_task_model))
+    data, domain, cfg = load_sample("video"), get_domain("video"), TrainConfig(task="ranking")
+    for share, expected in ((1.0, True), (0.0, False)):
+        task = get_task("ranking", data, get_domain("video"), tok, TrainConfig(task="ranking", critique_share=share))
+        examples = task.train_examples(6)
+        rows = task.encode_train(examples)
+        assert len(rows) == 6 * (1 + TRAIN_NEGATIVES)
+        for n, ex in enumerate(examples):
+            target = data.items[ex.candidates[0]]
+            for row, c in zip(rows[2 * n:2 * n + 2], candidate_examples(ex, 2)):
+                def ids(critiques, c=c):
+                    return fit(tok, lambda h: profile_message(None, *liked_disliked(data, c.history, h),
+                                                             data.items[c.target.item_id], domain, critiques),
+                               cfg.history_len, cfg.max_length)
+                # the pair's rows carry the same critique: one of the true item's categories, or none
+                asked = [cat for cat in target.categories if row.input_ids == ids((f"more {cat}",))]
+                assert bool(asked) == expected and (expected or row.input_ids == ids(()))
+    with pytest.raises(UserError, match="critique_share trains the ranking task"):
+        build_config(task="preference", critique_share=0.5)

@@ -58,6 +58,12 @@ def profile_message(profile: str | None, liked: list[Item], disliked: list[Item]
                                f"{domain.item_noun.capitalize()}: {target.text()}")
 
 
+def category_critique(category: str) -> str:
+    """The critique that asks for a category: what `--critique-share` trains on and what the simulated
+    user of experiments/session_sim.py says."""
+    return f"more {category}"
+
+
 def rating_message(rated: list[tuple[Item, float]], target: Item, domain: Domain) -> str:
     """Rating prediction: the history with its 1-5 ratings, then the question, then the target last."""
     history = "; ".join(f"{item.text()}: {rating:g}" for item, rating in rated) if rated else "(none)"

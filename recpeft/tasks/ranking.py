@@ -2,13 +2,17 @@
 
 Each candidate gets the preference prompt with itself as the target, and its score is P(Yes); the
 history and question come first, so a user's candidates share one prompt prefix. Training is
-pointwise too: the true next item is a Yes, TRAIN_NEGATIVES of its sampled negatives are No.
+pointwise too: the true next item is a Yes, TRAIN_NEGATIVES of its sampled negatives are No. With
+--critique-share, some training prompts also carry a critique naming a category of the true item, the
+line a chat session adds (recpeft.serving.session), so that the adapter learns to follow one.
 Candidates come from tasks.ranking_examples, the function the classical baselines use, so both see
 exactly the same lists. Main metric: NDCG@10; the cold-start slice (true item with <= 2 training
 interactions) is reported as cold_* metrics.
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 
@@ -17,17 +21,18 @@ from recpeft.evaluation.metrics import ranking_metrics
 from recpeft.evaluation.sharding import chunks, shared_map
 from recpeft.serving.prefix import SENTINEL, cached_answer_logits_many, split_prompt
 from recpeft.tasks.base import EvalSet, Evaluation
-from recpeft.tasks.batches import Encoded
+from recpeft.tasks.batches import Encoded, fit
 from recpeft.tasks.examples import (
     Example,
     RankingExample,
     cold_start,
+    item_categories,
     liked_disliked,
     ranking_examples,
     train_item_counts,
 )
 from recpeft.tasks.preference import PreferenceTask
-from recpeft.tasks.prompts import PreferencePrompt, render, user_message
+from recpeft.tasks.prompts import PreferencePrompt, category_critique, profile_message, render, user_message
 
 TRAIN_NEGATIVES = 1  # No-rows per Yes-row in training: balanced classes, one prefix read twice
 COLD_MAX_COUNT = 2
@@ -62,8 +67,30 @@ class RankingTask(PreferenceTask):
         return ranking_examples(self.data, negatives=self.cfg.negatives, seed=self.cfg.seed)
 
     def encode_train(self, examples: list) -> list[Encoded]:
-        flat = [c for ex in examples for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES)]
-        return super().encode_train(flat)
+        if not getattr(self.cfg, "critique_share", 0.0):
+            return super().encode_train([c for ex in examples for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES)])
+        rows = []
+        for ex in examples:
+            critique = self.critique(ex)
+            for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES):
+                if critique is None:
+                    rows += super().encode_train([c])
+                    continue
+                target = self.data.items[c.target.item_id]
+                ids = fit(self.tok, lambda n, c=c, t=target, q=critique: profile_message(
+                    None, *liked_disliked(self.data, c.history, n), t, self.domain, (q,)),
+                    self.cfg.history_len, self.cfg.max_length)
+                rows.append(Encoded(ids, c.label))
+        return rows
+
+    def critique(self, ex: RankingExample) -> str | None:
+        """For --critique-share: a critique naming one of the true item's categories, for a seeded share of
+        the training examples (None for the others and for items without categories)."""
+        rng = random.Random(f"{self.cfg.seed}/critique/{ex.user_id}/{ex.timestamp}/{ex.candidates[0]}")
+        categories = item_categories(self.data.items[ex.candidates[0]])
+        if rng.random() >= self.cfg.critique_share or not categories:
+            return None
+        return category_critique(rng.choice(categories))
 
     def encode_eval(self, examples: list) -> EvalSet:
         flat = [c for ex in examples for c in candidate_examples(ex)]
@@ -112,7 +139,7 @@ class RankingTask(PreferenceTask):
         logits = cached_answer_logits_many(model, requests, self.answer_ids, self.tok.pad_token_id)
         model.train(was_training)
         if progress is not None:
-            progress.update(sum(len(s) for _, s in requests))
+            progress.update(len(examples))  # the bar counts users, like its total
         return [torch.softmax(x, dim=-1)[:, -1].tolist() for x in logits]
 
     def prefix_message(self, ex: RankingExample) -> str:
