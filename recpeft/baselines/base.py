@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from recpeft.data.schema import Interaction, RecData
-from recpeft.tasks.examples import Example, RankingExample, split_user
+from recpeft.tasks.examples import Example, RankingExample, split_user, user_timelines
 from recpeft.tasks.profiles import ProfileExample, training_users_interactions
 
 TASKS = ("preference", "ranking", "rating", "profile")
@@ -24,12 +24,8 @@ def train_interactions(data: RecData, task: str) -> list[Interaction]:
     for the profile task, every interaction of its training users."""
     if task == "profile":
         return training_users_interactions(data)
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
     out: list[Interaction] = []
-    for user in sorted(by_user):
-        events = sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id))
+    for events in user_timelines(data).values():
         out += [x for x, s in zip(events, split_user(events, *HOLDOUT[task])) if s == "train"]
     return out
 

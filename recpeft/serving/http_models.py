@@ -69,19 +69,20 @@ ProfileEntry = Annotated[Annotated[Text, Tag("text")] | Annotated[ProfileIn, Tag
 UNION_TAGS = ("text", "item")  # in an error's location, right after the list index
 
 
-class ScoreRequest(BaseModel):
+class UserRequest(BaseModel):
+    """Who the user is: their history and/or profile, for one domain's adapter."""
+
     model_config = ConfigDict(extra="forbid")
     domain: Text
     history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
     profile: ProfileEntry | None = None
+
+
+class ScoreRequest(UserRequest):
     items: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: Text
-    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
-    profile: ProfileEntry | None = None
+class RecommendRequest(UserRequest):
     candidates: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
     k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 10
 

@@ -26,13 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from recpeft.errors import UserError
 from recpeft.serving.http_models import (
     MAX_CANDIDATES,
-    MAX_HISTORY,
-    HistoryEntry,
     ItemEntry,
-    ProfileEntry,
     Scored,
     ShortText,
     Text,
+    UserRequest,
     to_history,
     to_item,
     to_profile,
@@ -43,12 +41,8 @@ MAX_K = 50
 ItemRef = int | ShortText  # a 1-based position in the current recommendations, or an item id or title
 
 
-class SessionStart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: Text
+class SessionStart(UserRequest):
     candidates: Annotated[list[ItemEntry], Field(min_length=1, max_length=MAX_CANDIDATES)]
-    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = []
-    profile: ProfileEntry | None = None
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
 
 

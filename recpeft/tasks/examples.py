@@ -49,15 +49,19 @@ def split_user(events: list[Interaction], valid_per_user: int, test_per_user: in
     return ["train"] * (n - n_valid - n_test) + ["valid"] * n_valid + ["test"] * n_test
 
 
-def preference_examples(
-    data: RecData, valid_per_user: int = 2, test_per_user: int = 2, min_history: int = 3
-) -> dict[str, list[Example]]:
+def user_timelines(data: RecData) -> dict[str, list[Interaction]]:
+    """Every user's interactions sorted by (time, item), users in sorted order."""
     by_user: dict[str, list[Interaction]] = defaultdict(list)
     for x in data.interactions:
         by_user[x.user_id].append(x)
+    return {user: sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id)) for user in sorted(by_user)}
+
+
+def preference_examples(
+    data: RecData, valid_per_user: int = 2, test_per_user: int = 2, min_history: int = 3
+) -> dict[str, list[Example]]:
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    for user in sorted(by_user):
-        events = sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id))
+    for user, events in user_timelines(data).items():
         for i, (x, split) in enumerate(zip(events, split_user(events, valid_per_user, test_per_user))):
             if i < min_history:
                 continue
@@ -92,13 +96,9 @@ def ranking_examples(data: RecData, negatives: int = 19, seed: int = 0, min_hist
     by an RNG seeded from (seed, user, position), so every scorer — LLM or baseline — sees exactly the
     same candidates. `train_per_user` > 0 keeps only each user's most recent training targets.
     """
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
     all_items = sorted(data.items)
     out: dict[str, list[RankingExample]] = {s: [] for s in SPLITS}
-    for user in sorted(by_user):
-        events = sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id))
+    for user, events in user_timelines(data).items():
         seen = {x.item_id for x in events}
         pool = [i for i in all_items if i not in seen]
         if len(pool) < negatives:
@@ -118,12 +118,8 @@ def ranking_examples(data: RecData, negatives: int = 19, seed: int = 0, min_hist
 def train_item_counts(data: RecData) -> dict[str, int]:
     """How often each item occurs in the training part of the leave-one-out split (every user's events
     but the last two), i.e. what a model could have learnt about it before validation and test."""
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
     counts: dict[str, int] = defaultdict(int)
-    for events in by_user.values():
-        events = sorted(events, key=lambda x: (x.timestamp, x.item_id))
+    for events in user_timelines(data).values():
         for x, split in zip(events, split_user(events, 1, 1)):
             if split == "train":
                 counts[x.item_id] += 1
@@ -139,11 +135,7 @@ def with_item_stats(data: RecData, min_count: int = 3) -> RecData:
     get no tag: the rate would be noise.
     """
     likes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
-    for events in by_user.values():
-        events = sorted(events, key=lambda x: (x.timestamp, x.item_id))
+    for events in user_timelines(data).values():
         for x, split in zip(events, split_user(events, 2, 2)):
             if split == "train":
                 likes[x.item_id][0] += int(x.liked)
@@ -197,12 +189,9 @@ def interests_examples(data: RecData, window: int = 5, min_history: int = 3) -> 
     the `window` before those the validation future; every earlier position >= min_history is a
     training example (its target, top_categories of its history, is built by the task). Users whose
     evaluation window holds no liked item are left out of that split (nothing to recall)."""
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
     out: dict[str, list[InterestsExample]] = {s: [] for s in SPLITS}
-    for user in sorted(by_user):
-        events = tuple(sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id)))
+    for user, timeline in user_timelines(data).items():
+        events = tuple(timeline)
         cut = len(events) - 2 * window
         if cut < min_history:
             continue

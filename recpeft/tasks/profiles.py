@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from recpeft.data.schema import Interaction, RecData
 from recpeft.errors import UserError
-from recpeft.tasks.examples import SPLITS, top_categories
+from recpeft.tasks.examples import SPLITS, top_categories, user_timelines
 
 PROFILE_FIELDS = ("age", "gender", "occupation", "likes")
 PROFILE_SOURCES = ("demographics+genres", "demographics", "genres")
@@ -136,13 +135,9 @@ def profile_examples(data: RecData, source: str = PROFILE_SOURCES[0], items: int
     """Examples of the profile task per split (see the module docstring)."""
     if source not in PROFILE_SOURCES:
         raise UserError(f"unknown profile source '{source}'; choose from {', '.join(PROFILE_SOURCES)}")
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
-    for x in data.interactions:
-        by_user[x.user_id].append(x)
     all_items = sorted(data.items)
     out: dict[str, list[ProfileExample]] = {s: [] for s in SPLITS}
-    for user in sorted(by_user):
-        events = sorted(by_user[user], key=lambda x: (x.timestamp, x.item_id))
+    for user, events in user_timelines(data).items():
         seen, later = tuple(events[:items]), events[items:]
         profile = data_profile(data, user, seen, source)
         interacted = {x.item_id for x in events}
