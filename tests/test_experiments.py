@@ -15,6 +15,8 @@ import run as runner  # noqa: E402
     ("scientific_ranking", {"learning-curve"}),
     ("ml100k_interests", {"learning-curve"}),
     ("ml100k_dp", {"privacy-utility", "learning-curve"}),
+    ("ml100k_coldstart", {"learning-curve"}),
+    ("ml100k_session", {"learning-curve"}),
 ])
 def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path):
     results = runner.run_experiment(name, tiny=True, sets=[f"model={tiny_task_model}", "threads=1"],
@@ -112,3 +114,19 @@ def test_an_experiment_whose_baselines_fail_is_not_complete_and_resume_adds_them
     assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in saved["runs"]]  # nothing re-run
     final = json.loads(path.read_text())
     assert final["complete"] is True and final["baselines"]
+
+
+def test_transfer_matrix_at_smoke_test_size(tiny_task_model, tmp_path, capsys):
+    import transfer
+
+    kw = dict(tiny=True, sets=[f"model={tiny_task_model}"], out=tmp_path / "results", adapters=tmp_path / "adapters")
+    first = transfer.run("transfer", **kw)
+    m = first["matrix"]
+    assert m["rows"] == ["base", "news", "video", "news+video"] and m["cols"] == ["news", "video"]
+    assert all(0 <= m["auc"][r][c] <= 1 for r in m["rows"] for c in m["cols"]) and m["n"] == {"news": 8, "video": 8}
+    assert m["gain_over_base"]["news"]["video"] == m["auc"]["news"]["video"] - m["auc"]["base"]["video"]
+    combined = json.loads((tmp_path / "adapters" / "news+video" / "recpeft.json").read_text())
+    assert [s["weight"] for s in combined["combination"]["sources"]] == [0.5, 0.5]
+    capsys.readouterr()
+    again = transfer.run("transfer", resume=True, **kw)  # every adapter and cell kept
+    assert again["cells"] == first["cells"] and "[transfer]" not in capsys.readouterr().out
