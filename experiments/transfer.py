@@ -89,9 +89,12 @@ def run(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path 
                             + [f"--set {s}" for s in sets or []]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
-        "sources": spec["sources"], "combine": spec.get("combine", []), "targets": spec["targets"],
-        "cells": old.get("cells", {}) if old.get("sources") == spec["sources"] else {},
+        "spec": spec, "cells": old.get("cells", {}) if old.get("spec") == spec else {},
     }
+    if resume and old and old.get("spec") != spec:
+        print("[transfer] the experiment's settings changed since the results were written: running everything",
+              flush=True)
+        resume = False
     folders = {"base": None, **train_sources(spec, adapters, resume)}
     model = spec.get("train", {}).get("model")
     for row, folder in folders.items():
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="override a training key of every source (repeatable)")
     p.add_argument("--out", type=Path, help="results folder")
     p.add_argument("--adapters", type=Path, help="folder for the trained and combined adapters")
-    p.add_argument("--resume", action="store_true", help="keep finished adapters and matrix cells")
+    p.add_argument("--resume", action="store_true", help="keep finished adapters and matrix cells (when every "
+                   "setting of the experiment is unchanged)")
     args = p.parse_args(argv)
     from recpeft.errors import UserError
 

@@ -87,10 +87,10 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     item_stats: bool = setting(False, "Tag item titles in prompts with their like-rate among training events, "
                                "e.g. '[72% liked]' (collaborative signal in words).")
     profile_from: str = setting(PROFILE_SOURCES[0], "Profile task: what a user's profile text is made of: their "
-                                "demographics (MovieLens u.user) and/or the genres of their first --profile-items "
-                                "events.", choices=PROFILE_SOURCES)
-    profile_items: int = setting(5, "Profile task: a user's first N events, whose genres the profile names as "
-                                 "liked; the targets come after them.", range=(1, 1000))
+                                "demographics (MovieLens-100k u.user) and/or the top genres of the liked ones "
+                                "among their first --profile-items events.", choices=PROFILE_SOURCES)
+    profile_items: int = setting(5, "Profile task: a user's first N events, whose liked items' genres the profile "
+                                 "names; the targets come after them.", range=(1, 1000))
     critique_share: float = setting(0.0, "Ranking: share of training examples whose prompt also carries a "
                                     "critique naming one of the true item's categories ('The user asks for: more "
                                     "Film-Noir.'), as in a chat session; teaches the adapter to follow critiques.",

@@ -91,8 +91,21 @@ def test_profile_task_prompts_are_the_serving_prompts(tiny_adapters, tiny_task_m
             assert evalset.rows[n * 6 + k].input_ids == prepared.prefix_ids + suffix
     with pytest.raises(UserError, match="no user attributes"):
         get_task("profile", load_sample("video"), get_domain("video"), tok, TrainConfig(task="profile"))
+    ml1m = RecData("movielens-1m:ml-1m", data.items, data.interactions, data.users)
+    with pytest.raises(UserError, match="codes ages and occupations"):
+        get_task("profile", ml1m, get_domain("video"), tok, TrainConfig(task="profile"))
     with pytest.raises(UserError, match="refuses --item-stats"):
         get_task("profile", data, get_domain("video"), tok, TrainConfig(task="profile", item_stats=True))
+
+
+def test_cached_profile_evaluation_equals_the_full_prompts(tiny_task_model):
+    data = people()
+    base, tok, _ = load_base(str(tiny_task_model))
+    task = get_task("profile", data, get_domain("video"), tok, TrainConfig(task="profile", negatives=5))
+    evalset = task.eval_set("test", 5)
+    cached = task.evaluate(base, evalset, cached=True).outputs["scores"]
+    full = task.evaluate(base, evalset, cached=False).outputs["scores"]
+    assert max(abs(a - b) for x, y in zip(cached, full) for a, b in zip(x, y)) < 1e-4
 
 
 def test_rank_by_profile_alone_and_with_history(tiny_adapters):
@@ -127,6 +140,12 @@ def test_baselines_fit_on_training_users_only():
     assert sum(model.counts.values()) == sum(1 for x in data.interactions if x.user_id not in held_out)
     with pytest.raises(UserError, match="few-shot"):
         run_baselines(data, "profile", train_samples=8)
+    # a baseline knows no more of the user than the profile says
+    genres_only = run_baselines(data, "profile", ["group_popularity", "popularity"], negatives=5, profile_from="genres")
+    assert genres_only["group_popularity"]["test"] == genres_only["popularity"]["test"]
+    no_genres = run_baselines(data, "profile", ["genre_popularity", "popularity"], negatives=5,
+                              profile_from="demographics")
+    assert no_genres["genre_popularity"]["test"] == no_genres["popularity"]["test"]
 
 
 def test_http_and_cli_take_a_profile(tiny_adapters, tmp_path):

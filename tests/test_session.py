@@ -100,9 +100,11 @@ def test_http_sessions_follow_the_python_session_and_are_bounded(tiny_adapters):
     state = client.get(f"/v1/sessions/{sid}").json()
     assert state["critiques"] == ["shorter"] and state["turns"] == 2 and first[0]["title"] in state["disliked"]
     for body, needle in [({"accept": [9]}, "no recommendation number 9"), ({"critique": ""}, "at least 1 character"),
-                         ({"colour": 1}, "Extra inputs are not permitted")]:
+                         ({"colour": 1}, "Extra inputs are not permitted"),
+                         ({"accept": [1], "reject": ["No Such Film"], "critique": "x"}, "not among")]:
         r = client.post(f"/v1/sessions/{sid}", json=body)
         assert r.status_code == 422 and needle in r.text, r.text
+    assert client.get(f"/v1/sessions/{sid}").json() == state  # a refused request applied nothing
     r = client.post("/v1/sessions", json={"domain": "news", "candidates": titles, "profile": {"colour": "red"}})
     assert r.status_code == 422 and "profile.colour" in r.text
     # bounded: a third session ends the least recently used one
@@ -113,6 +115,36 @@ def test_http_sessions_follow_the_python_session_and_are_bounded(tiny_adapters):
     assert client.delete(f"/v1/sessions/{others[0]}").json() == {"session_id": others[0], "ended": True}
     assert client.get(f"/v1/sessions/{others[0]}").status_code == 404
     assert client.post("/v1/sessions", json={"domain": "sports", "candidates": titles}).status_code == 404
+
+
+def test_a_busy_session_is_409_and_an_empty_page_clears_the_current_one(tiny_adapters):
+    import asyncio
+
+    recs = recpeft.load_many({"news": tiny_adapters["news"]})
+    app = create_app(recs, Limits())
+    client = TestClient(app)
+    titles = [i.title for i in VIDEO[:4]]
+    r = client.post("/v1/sessions", json={"domain": "news", "candidates": titles, "k": 3})
+    sid = r.json()["session_id"]
+    entry = app.state.sessions.get(sid)
+    asyncio.run(entry.lock.acquire())  # another request on this session is running
+    r = client.post(f"/v1/sessions/{sid}", json={})
+    assert r.status_code == 409 and "busy" in r.text
+    entry.lock.release()
+    assert len(client.post(f"/v1/sessions/{sid}", json={}).json()["items"]) == 1  # the last candidate
+    r = client.post(f"/v1/sessions/{sid}", json={})
+    assert r.json()["items"] == [] and r.json()["remaining"] == 0
+    assert client.get(f"/v1/sessions/{sid}").json()["current"] == []  # no stale page to accept from
+    assert client.post(f"/v1/sessions/{sid}", json={"accept": [1]}).status_code == 422
+    with pytest.raises(UserError, match="max_sessions must be >= 1"):
+        create_app(recs, Limits(max_sessions=0))
+
+
+def test_repeated_critiques_are_not_repeated_in_the_prompt(rec):
+    s = rec.session(VIDEO[:5], k=2)
+    for text in ("more Drama", "shorter", "more  Drama"):
+        s.critique(text)
+    assert s.critiques == ["shorter", "more Drama"]
 
 
 def test_sessions_expire_when_idle():
@@ -133,18 +165,20 @@ def _tmux(*args) -> str:
 
 
 def _wait_screen(session: str, needle: str, seconds: float = 120) -> str:
+    """The screen once `needle` is on it and the program waits for input again after it (its prompt,
+    "> " with the space dropped by tmux, ends the output that follows)."""
     deadline = time.monotonic() + seconds
     while True:
         screen = _tmux("capture-pane", "-p", "-t", session, "-S", "-200")
-        if needle in screen:
+        if needle in screen and ("\n>\n" in screen.split(needle)[-1] or needle == "EXIT="):
             return screen
         assert time.monotonic() < deadline, f"{needle!r} never appeared; screen:\n{screen}"
         time.sleep(0.2)
 
 
 def test_chat_in_a_real_terminal(tiny_adapters, tmp_path):
-    """Type into `recpeft chat` in tmux: it recommends, takes a rejection, an acceptance and a critique, says
-    what went wrong on a bad number without quitting, and ends on q."""
+    """Type into `recpeft chat` in tmux: it recommends, takes a rejection, a critique and an acceptance,
+    says what went wrong on a bad number without quitting, and ends on q."""
     cands = tmp_path / "cands.txt"
     cands.write_text("\n".join(i.title for i in VIDEO[:12]) + "\n")
     name = f"recpeft-chat-{tmp_path.name}"
@@ -153,20 +187,24 @@ def test_chat_in_a_real_terminal(tiny_adapters, tmp_path):
     _tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", f"cd {shlex.quote(str(ROOT))} && {cmd}; "
           "echo EXIT=$?; sleep 30")
     try:
-        screen = _wait_screen(name, "\n>\n")  # the prompt ("> ": tmux drops the trailing space)
+        screen = _wait_screen(name, "recpeft chat:")
         first = [line for line in screen.splitlines() if line.startswith(" 1. ")][0]
         _tmux("send-keys", "-t", name, "--", "-1", "Enter")
         _wait_screen(name, "rejected: " + first.split("  ", 2)[1].split("  (")[0])
         _tmux("send-keys", "-t", name, "--", "+7", "Enter")
         _wait_screen(name, "no recommendation number 7")
         _tmux("send-keys", "-t", name, "--", "something with dragons", "Enter")
-        _wait_screen(name, "noted: something with dragons")
+        screen = _wait_screen(name, "noted: something with dragons")
+        third = [line for line in screen.split("noted: something with dragons")[1].splitlines()
+                 if line.startswith(" 1. ")][0]
+        _tmux("send-keys", "-t", name, "--", "+1", "Enter")
+        _wait_screen(name, "accepted: " + third.split("  ", 2)[1].split("  (")[0])
         _tmux("send-keys", "-t", name, "--", "q", "Enter")
         screen = _wait_screen(name, "EXIT=")
-        assert "EXIT=0" in screen and "bye: 3 turns" in screen and "Traceback" not in screen
+        assert "EXIT=0" in screen and "bye: 4 turns" in screen and "Traceback" not in screen
         shown = [line.split("  ", 2)[1].split("  (")[0] for line in screen.splitlines()
                  if line[:4].strip()[:-1].isdigit()]
-        assert len(shown) == 9 and len(set(shown)) == 9  # three turns of three, nothing shown twice
+        assert len(shown) == 12 and len(set(shown)) == 12  # four turns of three, nothing shown twice
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
 

@@ -129,7 +129,8 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
     for name in names:
         model = REGISTRY[name](**(params or {}).get(name, {}))
         start = time.perf_counter()
-        model.fit(FitContext(data, task, interactions, train, history_len=history_len, seed=seed))
+        model.fit(FitContext(data, task, interactions, train, history_len=history_len, seed=seed,
+                             profile_from=profile_from))
         fitted = time.perf_counter()
         out = {"valid": _metrics(model, task, splits["valid"]), "test": _metrics(model, task, test),
                "test_cold_start": _metrics(model, task, cold)}

@@ -58,6 +58,7 @@ class FitContext:
     train: list[Example] | list[RankingExample]
     history_len: int = 10
     seed: int = 0
+    profile_from: str = "demographics+genres"  # the profile task: what a held-out user's profile says
     item_ids: list[str] = field(init=False)
     index: dict[str, int] = field(init=False)
 

@@ -2,7 +2,9 @@
 all they know is the user's demographics and a few liked genres (what the LLM's profile says).
 
 Every one fits on the training users' interactions only (recpeft.tasks.profiles.training_users_interactions);
-a held-out user is known by their demographics and the top genres of their first events, as in the profile:
+a held-out user is known by what their profile says (`profile_from`): their demographics and/or the top
+genres of the liked ones among their first events. A part the profile lacks is not used (the group is
+everyone; the genre overlap is 0), so a baseline never knows more about the user than the LLM:
 - group_popularity: interaction counts among training users of the same gender and age band (everyone's
   for a group never seen), the global count breaking ties;
 - genre_popularity: how many of the profile's liked genres the candidate has, then global popularity;
@@ -36,6 +38,7 @@ class _ProfileBaseline(Baseline):
 
     def fit(self, ctx: FitContext) -> None:
         self.data = ctx.data
+        self.by_demographics, self.by_genres = "demographics" in ctx.profile_from, "genres" in ctx.profile_from
         self.counts: Counter[str] = Counter(x.item_id for x in ctx.interactions)
         self.by_group: dict[tuple, Counter[str]] = defaultdict(Counter)
         for x in ctx.interactions:
@@ -43,9 +46,13 @@ class _ProfileBaseline(Baseline):
         self.top = max(self.counts.values(), default=0) + 1
 
     def group_counts(self, ex: ProfileExample) -> Counter[str]:
+        if not self.by_demographics:
+            return self.counts
         return self.by_group.get(group_of(self.data.users.get(ex.user_id, {}))) or self.counts
 
     def overlap(self, ex: ProfileExample, item: str) -> int:
+        if not self.by_genres:
+            return 0
         liked = set(top_categories(self.data, ex.seen, LIKES_SHOWN))
         return len(liked & set(item_categories(self.data.items[item])))
 

@@ -27,6 +27,7 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                     negatives: int = TRAIN_DEFAULTS.negatives, seed: int = 0, train_samples: int = 0,
                     history_len: int = TRAIN_DEFAULTS.history_len,
                     cold_max_train: int = 2, threads: int = 0, out: Path | None = None,
+                    profile_from: str = TRAIN_DEFAULTS.profile_from, profile_items: int = TRAIN_DEFAULTS.profile_items,
                     log: Callable[[str], None] | None = None) -> dict:
     """Load the data, run the baselines, and return (and optionally write to `out`) the results with
     what produced them: data name, path and fingerprint, settings, sizes and wall time."""
@@ -48,7 +49,8 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                         str(path))
     start = time.perf_counter()
     results = run_baselines(data, task, models, negatives=negatives, seed=seed, train_samples=train_samples,
-                            history_len=history_len, cold_max_train=cold_max_train, log=log)
+                            history_len=history_len, cold_max_train=cold_max_train, log=log,
+                            profile_from=profile_from, profile_items=profile_items)
     report = {
         "data": {"name": data.name, "path": path, "format": data.stats.get("format", "csv" if path else "sample"),
                  "fingerprint": data.fingerprint(),
@@ -56,7 +58,8 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                  "interactions": len(data.interactions)},
         "task": task,
         "settings": {"negatives": negatives if task in ("ranking", "profile") else None, "seed": seed,
-                     "train_samples": train_samples, "history_len": history_len, "cold_max_train": cold_max_train},
+                     "train_samples": train_samples, "history_len": history_len, "cold_max_train": cold_max_train,
+                     **({"profile_from": profile_from, "profile_items": profile_items} if task == "profile" else {})},
         "seconds": round(time.perf_counter() - start, 2),
         "results": results,
     }

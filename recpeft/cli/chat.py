@@ -36,17 +36,13 @@ def chat(
     force: bool = typer.Option(False, "--force", help="Load an adapter trained on another base anyway."),
 ) -> None:
     """Talk to an adapter: it recommends, you accept, reject or say what you want instead."""
-    from recpeft.cli.inputs import parse_history, read_candidates
+    from recpeft.cli.inputs import history_entries, profile_text, read_candidates
     from recpeft.serving.recommender import load
-    from recpeft.tasks.profiles import as_profile
 
-    if profile is not None:
-        as_profile(profile)  # an empty profile fails before the model loads
+    profile = profile_text(profile)
     items = read_candidates(candidates) if candidates is not None else None
     rec = load(adapter, bits=bits, force=force)
-    parsed = parse_history(history or "")
-    known = rec.lookup([t for t, _ in parsed])
-    session = rec.session(items, [(item, liked) for item, (_, liked) in zip(known, parsed)], profile, k)
+    session = rec.session(items, history_entries(rec, history), profile, k)
     print(f"recpeft chat: {rec.domain.name} adapter ({rec.method}) over {len(session.candidates)} candidates. {HELP}")
     show(session.recommend())
     for line in _lines():

@@ -24,6 +24,19 @@ def parse_history(text: str) -> list[tuple[str, bool]]:
     return out
 
 
+def history_entries(rec, history: str | None) -> list[tuple[Item, bool]]:
+    """A --history string as (item, liked) entries; catalogue titles get their category, as in training."""
+    parsed = parse_history(history or "")
+    return [(item, liked) for item, (_, liked) in zip(rec.lookup([t for t, _ in parsed]), parsed)]
+
+
+def profile_text(profile: str | None) -> str | None:
+    """A --profile, checked before any model loads (an empty one is a UserError)."""
+    from recpeft.tasks.profiles import as_profile
+
+    return None if profile is None else as_profile(profile)
+
+
 def read_candidates(path: Path) -> list[Item]:
     """One title per line, or a CSV whose header has a 'title' column (item_id and category optional)."""
     path = Path(path)
@@ -50,21 +63,17 @@ def recommend(adapter: Path, history: str | None, candidates: Path | None, from_
     """Rank candidates (a file, or the adapter's catalogue minus the history) for the history and/or
     profile; top k rows."""
     from recpeft.serving.recommender import load
-    from recpeft.tasks.profiles import as_profile
 
     if (candidates is None) == (not from_catalog):
         raise UserError("give exactly one of --candidates FILE and --from-catalog")
     if history is None and profile is None:
         raise UserError("give --history (the user's items), --profile (a new user's description) or both")
-    if profile is not None:
-        profile = as_profile(profile)  # an empty one fails before the model loads
-    parsed = parse_history(history or "")
+    profile = profile_text(profile)
     items = read_candidates(candidates) if candidates is not None else None
     rec = load(adapter, bits=bits, force=force)
-    known = rec.lookup([t for t, _ in parsed])  # catalogue titles get their category, as in training
-    entries = [(item, liked) for item, (_, liked) in zip(known, parsed)]
+    entries = history_entries(rec, history)
     if items is None:
-        seen = {i.item_id for i in known}
+        seen = {i.item_id for i, _ in entries}
         items = [i for i in rec.catalog() if i.item_id not in seen]
     ranked = rec.rank(entries, items, k=k, profile=profile)
     return [{"rank": n, "item_id": item.item_id, "title": item.title, "category": item.category, "score": score}

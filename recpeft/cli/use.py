@@ -96,6 +96,8 @@ def baselines(
                                     "it scores, as `recpeft train --history-len` shows the LLM (0 = all)."),
     cold_max_train: int = typer.Option(2, "--cold-max-train", help="Cold-start slice: test targets whose item "
                                        "has at most this many train-period interactions."),
+    profile_from: str = typer.Option(_D.profile_from, "--profile-from", help=_HELP["profile_from"]),
+    profile_items: int = typer.Option(_D.profile_items, "--profile-items", help=_HELP["profile_items"], min=1),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed for negatives, few-shot samples and model fits."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch's default)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
@@ -107,7 +109,8 @@ def baselines(
     report = baseline_report(domain, data, task, fmt=data_format, on_bad_rows=on_bad_rows,
                              models=models.split(",") if models else None, negatives=negatives, seed=seed,
                              train_samples=train_samples, history_len=history_len,
-                             cold_max_train=cold_max_train, threads=threads, out=out,
+                             cold_max_train=cold_max_train, threads=threads, out=out, profile_from=profile_from,
+                             profile_items=profile_items,
                              log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(report, indent=2) if as_json else format_report(report))
 

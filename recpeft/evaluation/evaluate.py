@@ -93,7 +93,7 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
         net = load_adapter(base, adapter, tokenizer=tok, force=force)
     else:
         net = base
-    bar = tqdm(total=len(evalset.rows), desc=f"eval {cfg.task} {split}", leave=False, disable=not show_progress)
+    bar = tqdm(total=len(evalset), desc=f"eval {cfg.task} {split}", leave=False, disable=not show_progress)
     result = the_task.evaluate(net, evalset, batch_size=batch_size, progress=bar)
     bar.close()
     payload = {

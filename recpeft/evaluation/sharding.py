@@ -45,11 +45,14 @@ def across(state) -> Iterator[Share]:
 
 
 def chunks(units: Sequence[T], size: int) -> list[Sequence[T]]:
-    """units in consecutive chunks of at most `size`, small enough that every process evaluating
-    together gets one (9 users on 2 processes: 5 + 4, not 9 + 0)."""
+    """units in consecutive chunks of at most `size`, as many as a multiple of the processes evaluating
+    together so that each gets the same number (9 users on 2 processes: 5 + 4, not 9 + 0; 48 users in
+    chunks of 16: 4 x 12, not 32 + 16)."""
     share = _SHARE.get()
     processes = share.num_processes if share is not None else 1
-    size = max(1, min(size, -(-len(units) // processes)))
+    count = -(-len(units) // max(1, size))
+    count = -(-count // processes) * processes
+    size = max(1, -(-len(units) // max(1, count)))
     return [units[i:i + size] for i in range(0, len(units), size)]
 
 

@@ -28,9 +28,9 @@ from recpeft.serving.http_models import (  # noqa: F401  (MAX_*: the limits, imp
     UNION_TAGS,
     RecommendRequest,
     RecommendResponse,
-    Scored,
     ScoreRequest,
     ScoreResponse,
+    scored,
     to_history,
     to_item,
     to_profile,
@@ -287,11 +287,9 @@ def create_app(recs, limits: Limits | None = None):
         probs = await probabilities(req.domain, req.history, req.candidates, req.profile)
         items = [to_item(c) for c in req.candidates]
         order = sorted(range(len(items)), key=lambda i: -probs[i])[:req.k]  # stable: ties keep input order
-        return RecommendResponse(domain=req.domain, items=[
-            Scored(item_id=items[i].item_id, title=items[i].title, category=items[i].category, score=probs[i])
-            for i in order])
+        return RecommendResponse(domain=req.domain, items=[scored(items[i], probs[i]) for i in order])
 
-    add_session_routes(app, recs, submit, limits)
+    add_session_routes(app, get, submit, limits)
     return app
 
 

@@ -94,6 +94,10 @@ class Scored(BaseModel):
     score: float
 
 
+def scored(item: Item, score: float) -> Scored:
+    return Scored(item_id=item.item_id, title=item.title, category=item.category, score=score)
+
+
 class ScoreResponse(BaseModel):
     domain: str
     scores: list[float]

@@ -8,7 +8,9 @@
 Server-side state is bounded: at most `--max-sessions` sessions (the least recently used one goes when
 a new one would pass the bound) and each expires `--session-ttl` seconds after its last use; an unknown
 or expired id is a 404 that says so. A turn is scored through the server's micro-batcher, with the
-same queue limits and deadlines as /v1/recommend. Requests on one session run one at a time.
+same queue limits and deadlines as /v1/recommend. A session serves one request at a time: another
+request on it meanwhile is a 409. Feedback is all or nothing: one bad item reference or critique is a
+422 and nothing of that request is applied.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from recpeft.serving.http_models import (
     ShortText,
     Text,
     UserRequest,
+    scored,
     to_history,
     to_item,
     to_profile,
@@ -105,37 +108,42 @@ class SessionStore:
         self._entries.pop(sid, None)
 
 
-def add_session_routes(app, recs, submit, limits) -> SessionStore:
-    """Register the /v1/sessions endpoints; `submit(domain, history, items, profile, critiques)` scores
-    through the server's batcher and raises its HTTP errors."""
+def add_session_routes(app, get, submit, limits) -> SessionStore:
+    """Register the /v1/sessions endpoints. `get(domain)` is the domain's Recommender (or a 404);
+    `submit(domain, history, items, profile, critiques)` scores through the server's batcher and raises
+    its HTTP errors."""
     from fastapi import HTTPException
 
+    if limits.max_sessions < 1 or limits.session_ttl <= 0:
+        raise UserError(f"max_sessions must be >= 1 and session_ttl > 0, got {limits.max_sessions} and "
+                        f"{limits.session_ttl}")
     store = SessionStore(limits.max_sessions, limits.session_ttl)
     app.state.sessions = store
 
     def live(sid: str) -> _Entry:
         try:
-            return store.get(sid)
+            entry = store.get(sid)
         except KeyError:
             raise HTTPException(404, f"session '{sid}' is unknown or expired (a session lasts {limits.session_ttl:g} s "
                                 f"after its last use, --session-ttl); start one with POST /v1/sessions") from None
+        if entry.lock.locked():
+            raise HTTPException(409, f"session '{sid}' is busy with another request; send the next one after it")
+        return entry
 
     async def turn(sid: str, entry: _Entry) -> SessionResponse:
         s = entry.session
         req = s.request()
         scores = await submit(entry.domain, req.history, req.items, req.profile, req.critiques) if req.items else []
-        shown = s.take(req.items, scores) if req.items else []
+        shown = s.take(req.items, scores)
         return SessionResponse(session_id=sid, domain=entry.domain, turn=s.turns, remaining=len(s.remaining()),
-                               expires_in=store.ttl, items=[Scored(item_id=i.item_id, title=i.title,
-                                                                   category=i.category, score=p) for i, p in shown])
+                               expires_in=store.ttl, items=[scored(i, p) for i, p in shown])
 
     @app.post("/v1/sessions", response_model=SessionResponse)
     async def start(req: SessionStart) -> SessionResponse:
         """Start a session: its first k recommendations among the candidates."""
-        if req.domain not in recs:
-            raise HTTPException(404, f"unknown domain '{req.domain}'; loaded: {', '.join(recs)}")
+        rec = get(req.domain)
         try:
-            session = Session(recs[req.domain], [to_item(c) for c in req.candidates], to_history(req.history),
+            session = Session(rec, [to_item(c) for c in req.candidates], to_history(req.history),
                               to_profile(req.profile), req.k)
         except UserError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -149,14 +157,8 @@ def add_session_routes(app, recs, submit, limits) -> SessionStore:
         """Accept or reject recommendations (positions, item ids or titles), add a critique, and get the next."""
         entry = live(sid)
         async with entry.lock:
-            s = entry.session
             try:
-                for ref in req.accept:
-                    s.accept(ref)
-                for ref in req.reject:
-                    s.reject(ref)
-                if req.critique is not None:
-                    s.critique(req.critique)
+                entry.session.feedback(req.accept, req.reject, req.critique)
             except UserError as exc:
                 raise HTTPException(422, str(exc)) from None
             return await turn(sid, entry)

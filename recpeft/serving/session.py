@@ -72,7 +72,11 @@ class Session:
         return TurnRequest(list(self.history), self.remaining(), self.profile, tuple(self.critiques))
 
     def take(self, items: list[Item], scores: list[float]) -> list[tuple[Item, float]]:
-        """Record a scored turn: the k best of items become the shown recommendations."""
+        """Record a scored turn: the k best of items become the shown recommendations (none when no
+        candidate was left to score)."""
+        if not items:
+            self.current = []
+            return []
         order = sorted(range(len(items)), key=lambda i: -scores[i])[:self.k]  # stable: ties keep order
         self.current = [(items[i], scores[i]) for i in order]
         self.shown += [item for item, _ in self.current]
@@ -83,8 +87,7 @@ class Session:
         """The next k recommendations (fewer once the candidates run out; [] when none are left)."""
         req = self.request()
         if not req.items:
-            self.current = []
-            return []
+            return self.take([], [])
         prepared = self.rec.prepare(req.history, req.items, req.profile, req.critiques)
         return self.take(req.items, self.rec.score_prepared([prepared])[0])
 
@@ -116,14 +119,22 @@ class Session:
         return found
 
     def critique(self, text: str) -> str:
-        """A free-text request for the next recommendations, e.g. "less violent", "something shorter"."""
-        text = " ".join(str(text).split())
-        if not text:
-            raise UserError("the critique is empty; say what to change, e.g. 'something shorter'")
-        if len(text) > MAX_CRITIQUE_CHARS:
-            raise UserError(f"a critique is at most {MAX_CRITIQUE_CHARS} characters, got {len(text)}")
-        self.critiques = (self.critiques + [text])[-MAX_CRITIQUES:]
+        """A free-text request for the next recommendations, e.g. "less violent", "something shorter".
+        Saying the same again moves it to the end instead of repeating it."""
+        text = _critique_text(text)
+        self.critiques = ([c for c in self.critiques if c != text] + [text])[-MAX_CRITIQUES:]
         return text
+
+    def feedback(self, accept: Sequence = (), reject: Sequence = (), critique: str | None = None) -> None:
+        """Several pieces of feedback at once, all or nothing: every item and the critique are checked
+        before any of them is applied (the HTTP API's feedback request)."""
+        found = ([(self.find(ref), True) for ref in accept] + [(self.find(ref), False) for ref in reject])
+        text = None if critique is None else _critique_text(critique)
+        for item, liked in found:
+            self._forget(item)
+            self.history.append((item, liked))
+        if text is not None:
+            self.critique(text)
 
     def _forget(self, item: Item) -> None:
         """Feedback replaces earlier feedback on the same item."""
@@ -136,3 +147,12 @@ class Session:
                 "disliked": [i.title for i, mark in self.history if mark is False or (mark is not True and mark <= 3)],
                 "current": [{"item_id": i.item_id, "title": i.title, "score": s} for i, s in self.current],
                 "remaining": len(self.remaining())}
+
+
+def _critique_text(text: str) -> str:
+    text = " ".join(str(text).split())
+    if not text:
+        raise UserError("the critique is empty; say what to change, e.g. 'something shorter'")
+    if len(text) > MAX_CRITIQUE_CHARS:
+        raise UserError(f"a critique is at most {MAX_CRITIQUE_CHARS} characters, got {len(text)}")
+    return text

@@ -28,9 +28,11 @@ class ProfileTask(RankingTask):
             raise UserError("--item-stats counts every user's early events, held-out users' too; the profile task "
                             "evaluates users with no interaction in training, so it refuses --item-stats")
         source = self.cfg.profile_from
-        if "demographics" in source and not self.data.users:
-            raise UserError(f"data '{self.data.name}' has no user attributes (MovieLens u.user / users.dat), which "
-                            f"--profile-from {source} needs; use --profile-from genres")
+        if "demographics" in source and (not self.data.users or self.data.name.startswith("movielens-1m")):
+            why = ("codes ages and occupations as numbers" if self.data.users else
+                   "has no user attributes (MovieLens-100k's u.user)")
+            raise UserError(f"data '{self.data.name}' {why}, and --profile-from {source} words them as text; use "
+                            "--profile-from genres")
         if "genres" in source and not any(i.categories for i in self.data.items.values()):
             raise UserError(f"data '{self.data.name}' has no item categories, which --profile-from {source} needs; "
                             "use --profile-from demographics")

@@ -31,7 +31,7 @@ from recpeft.tasks.examples import SPLITS, top_categories, user_timelines
 
 PROFILE_FIELDS = ("age", "gender", "occupation", "likes")
 PROFILE_SOURCES = ("demographics+genres", "demographics", "genres")
-SHARES = {"valid": 0.10, "test": 0.35}  # of users; ~330 test users on ML-100k (943 users)
+SHARES = {"valid": 0.10, "test": 0.35}  # of users; 342 test users on ML-100k (943 users)
 LIKES_SHOWN = 3
 _GENDERS = {"m": "man", "male": "man", "man": "man", "f": "woman", "female": "woman", "woman": "woman"}
 _SILENT_OCCUPATIONS = {"", "none", "other"}  # say nothing rather than "occupation: none"
