@@ -94,8 +94,12 @@ def test_profile_task_prompts_are_the_serving_prompts(tiny_adapters, tiny_task_m
     ml1m = RecData("movielens-1m:ml-1m", data.items, data.interactions, data.users)
     with pytest.raises(UserError, match="codes ages and occupations"):
         get_task("profile", ml1m, get_domain("video"), tok, TrainConfig(task="profile"))
-    with pytest.raises(UserError, match="refuses --item-stats"):
-        get_task("profile", data, get_domain("video"), tok, TrainConfig(task="profile", item_stats=True))
+    # --item-stats: like-rates among the training users only (a held-out user's ratings never show)
+    tagged = get_task("profile", data, get_domain("video"), tok, TrainConfig(task="profile", item_stats=True)).data
+    for item_id, item in tagged.items.items():
+        rated = [x for x in data.interactions if x.item_id == item_id and user_split(x.user_id) == "train"]
+        want = f" [{round(100 * sum(x.liked for x in rated) / len(rated))}% liked]" if len(rated) >= 3 else ""
+        assert item.title == data.items[item_id].title + want
 
 
 def test_cached_profile_evaluation_equals_the_full_prompts(tiny_task_model):

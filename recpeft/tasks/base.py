@@ -44,7 +44,7 @@ class Task:
     def __init__(self, data: RecData, domain: Domain, tokenizer, cfg):
         """cfg: anything with history_len, max_length, negatives and seed (a TrainConfig)."""
         if getattr(cfg, "item_stats", False):
-            data = with_item_stats(data)
+            data = self.with_item_stats(data)
         self.data, self.domain, self.tok, self.cfg = data, domain, tokenizer, cfg
         self.check_data()
         self._splits: dict[str, list] | None = None
@@ -72,6 +72,10 @@ class Task:
     def verbalizer(self) -> dict[str, Any] | None:
         """Answer words and token ids, for recpeft.json (None for generative tasks)."""
         return None
+
+    def with_item_stats(self, data: RecData) -> RecData:
+        """--item-stats: item titles tagged with their like-rate among the events this task trains on."""
+        return with_item_stats(data)
 
     # -- shared -----------------------------------------------------------------------------------
     def splits(self) -> dict[str, list]:

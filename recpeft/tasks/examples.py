@@ -126,20 +126,22 @@ def train_item_counts(data: RecData) -> dict[str, int]:
     return dict(counts)
 
 
-def with_item_stats(data: RecData, min_count: int = 3) -> RecData:
+def with_item_stats(data: RecData, min_count: int = 3, counted: list[Interaction] | None = None) -> RecData:
     """A copy of data whose item titles carry the item's like-rate among training events, "[72% liked]".
 
     Collaborative signal in words, for a model too small to infer item quality from titles alone.
     Only events in every user's training part of the preference split (all but their last 4) count,
-    so no validation or test label leaks into any prompt. Items with fewer than min_count such events
-    get no tag: the rate would be noise.
+    so no validation or test label leaks into any prompt; `counted` replaces them with other training
+    events (the profile task's: its training users' interactions). Items with fewer than min_count
+    such events get no tag: the rate would be noise.
     """
+    if counted is None:
+        counted = [x for events in user_timelines(data).values()
+                   for x, split in zip(events, split_user(events, 2, 2)) if split == "train"]
     likes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for events in user_timelines(data).values():
-        for x, split in zip(events, split_user(events, 2, 2)):
-            if split == "train":
-                likes[x.item_id][0] += int(x.liked)
-                likes[x.item_id][1] += 1
+    for x in counted:
+        likes[x.item_id][0] += int(x.liked)
+        likes[x.item_id][1] += 1
     items = {}
     for item_id, item in data.items.items():
         liked, n = likes.get(item_id, (0, 0))

@@ -8,12 +8,12 @@ slice (cold_*) counts the training users' interactions.
 
 from __future__ import annotations
 
-from recpeft.data.schema import Item
+from recpeft.data.schema import Item, RecData
 from recpeft.errors import UserError
 from recpeft.serving.prefix import SENTINEL
 from recpeft.tasks.base import EvalSet
 from recpeft.tasks.batches import Encoded, fit
-from recpeft.tasks.examples import cold_start
+from recpeft.tasks.examples import cold_start, with_item_stats
 from recpeft.tasks.profiles import ProfileExample, profile_examples, training_users_interactions
 from recpeft.tasks.prompts import profile_message
 from recpeft.tasks.ranking import COLD_MAX_COUNT, TRAIN_NEGATIVES, RankingTask
@@ -23,10 +23,11 @@ class ProfileTask(RankingTask):
     name = "profile"
     template_id = "profile-v1"
 
+    def with_item_stats(self, data: RecData) -> RecData:
+        """Like-rates among the training users' interactions only: held-out users' never count."""
+        return with_item_stats(data, counted=training_users_interactions(data))
+
     def check_data(self) -> None:
-        if getattr(self.cfg, "item_stats", False):
-            raise UserError("--item-stats counts every user's early events, held-out users' too; the profile task "
-                            "evaluates users with no interaction in training, so it refuses --item-stats")
         source = self.cfg.profile_from
         if "demographics" in source and (not self.data.users or self.data.name.startswith("movielens-1m")):
             why = ("codes ages and occupations as numbers" if self.data.users else
