@@ -36,8 +36,8 @@ from recpeft.tasks.prompts import PreferencePrompt, category_critique, profile_m
 
 TRAIN_NEGATIVES = 1  # No-rows per Yes-row in training: balanced classes, one prefix read twice
 COLD_MAX_COUNT = 2
-# Users scored together through the cached prefix: their candidates share forwards. 1.75x faster than one
-# user at a time (32 ML-100k users x 20 candidates, SmolLM2-135M, 2-core EPYC: 41 s against 72 s).
+# Users scored together through the cached prefix: their candidates share forwards, fewer and fuller than
+# one user's (experiments/bench_ranking_eval.py measures it against one user per call).
 USERS_PER_CALL = 16
 
 
