@@ -37,7 +37,9 @@ def load_spec(name: str, tiny: bool, sets: list[str]) -> dict[str, Any]:
     path = ROOT / "experiments" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
-        raise SystemExit(f"no experiment {name!r}; known: {', '.join(known)}")
+        from recpeft.errors import UserError
+
+        raise UserError(f"no experiment {name!r}; known: {', '.join(known)}", str(path))
     spec = yaml.safe_load(path.read_text())
     if tiny:
         small = spec.get("tiny", {})
@@ -308,25 +310,36 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def experiment_parser(doc: str, resume_help: str) -> argparse.ArgumentParser:
+    """The arguments every YAML-driven experiment script takes (this one and transfer.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("name", help="experiment: the stem of a YAML file in experiments/")
     parser.add_argument("--tiny", action="store_true", help="smoke-test size (the YAML's tiny section)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training key (repeatable)")
     parser.add_argument("--out", type=Path, help="results folder")
     parser.add_argument("--adapters", type=Path, help="folder for the runs' adapters")
-    parser.add_argument("--data", help="data path instead of the YAML's (e.g. /work/shared/data/ml-100k)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in the results JSON (same settings), run the rest")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resume", action="store_true", help=resume_help)
+    return parser
+
+
+def exit_on_user_error(fn, *args) -> None:
+    """Run fn; a UserError is one line on stderr and exit code 2, like the CLI."""
     from recpeft.errors import UserError
 
     try:
-        run_experiment(args.name, args.tiny, args.sets, args.out, args.adapters, args.data, args.resume)
-    except UserError as exc:  # one line and exit 2, like the CLI
+        fn(*args)
+    except UserError as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = experiment_parser(__doc__, "keep the runs already in the results JSON (same settings), run the rest")
+    parser.add_argument("--data", help="data path instead of the YAML's (e.g. /work/shared/data/ml-100k)")
+    args = parser.parse_args(argv)
+    exit_on_user_error(run_experiment, args.name, args.tiny, args.sets, args.out, args.adapters, args.data,
+                       args.resume)
 
 
 if __name__ == "__main__":

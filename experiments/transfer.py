@@ -17,7 +17,6 @@ its gain over the base, and prints the matrix.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -27,23 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from run import exit_on_user_error, experiment_parser, load_spec  # noqa: E402  (experiments/run.py)
 
 from recpeft.artifacts import write_json_atomic  # noqa: E402
-
-
-def load_spec(name: str, tiny: bool, sets: list[str]) -> dict[str, Any]:
-    spec = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
-    if tiny:
-        spec = {**spec, **{k: v for k, v in spec.get("tiny", {}).items() if k != "train"}}
-        spec["train"] = {**spec.get("train", {}), **spec.get("tiny", {}).get("train", {})}
-    for item in sets:
-        key, _, value = item.partition("=")
-        spec.setdefault("train", {})[key] = yaml.safe_load(value)
-    return spec
 
 
 def _path(data: str | None) -> str | None:
@@ -140,23 +129,9 @@ def format_matrix(m: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("name", help="the stem of a YAML file in experiments/")
-    p.add_argument("--tiny", action="store_true", help="smoke-test size (the YAML's tiny section)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training key of every source (repeatable)")
-    p.add_argument("--out", type=Path, help="results folder")
-    p.add_argument("--adapters", type=Path, help="folder for the trained and combined adapters")
-    p.add_argument("--resume", action="store_true", help="keep finished adapters and matrix cells (when every "
-                   "setting of the experiment is unchanged)")
-    args = p.parse_args(argv)
-    from recpeft.errors import UserError
-
-    try:
-        run(args.name, args.tiny, args.sets, args.out, args.adapters, args.resume)
-    except UserError as exc:
-        print(f"transfer: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    args = experiment_parser(__doc__, "keep finished adapters and matrix cells (when every setting of the "
+                             "experiment is unchanged)").parse_args(argv)
+    exit_on_user_error(run, args.name, args.tiny, args.sets, args.out, args.adapters, args.resume)
 
 
 if __name__ == "__main__":
