@@ -21,25 +21,26 @@ def load_adapter(base, folder, tokenizer=None, force: bool = False):
     """Attach a saved adapter (LoRA, AdaLoRA or bottleneck Adapter) to a loaded base model.
 
     Refuses an adapter whose recorded base-model fingerprint differs from `base` (and `tokenizer`,
-    when given) unless force=True.
+    when given) unless force=True. An adapter trained with --fusion attaches without its item soft tokens
+    here; `load` uses them.
     """
     from recpeft.methods import load_adapter as _load
 
     return _load(base, folder, tokenizer=tokenizer, force=force)
 
 
-def load(path, device=None, bits=None, force: bool = False):
+def load(path, device=None, bits=None, force: bool = False, item_features=None):
     """Load an adapter folder as a Recommender; see recpeft.serving.recommender.load."""
     from recpeft.serving.recommender import load as _load
 
-    return _load(path, device=device, bits=bits, force=force)
+    return _load(path, device=device, bits=bits, force=force, item_features=item_features)
 
 
-def load_many(paths, device=None, bits=None, force: bool = False):
+def load_many(paths, device=None, bits=None, force: bool = False, item_features=None):
     """Load several adapters on ONE shared base model; see recpeft.serving.recommender.load_many."""
     from recpeft.serving.recommender import load_many as _load_many
 
-    return _load_many(paths, device=device, bits=bits, force=force)
+    return _load_many(paths, device=device, bits=bits, force=force, item_features=item_features)
 
 
 __all__ = ["TrainConfig", "UserError", "build_config", "load", "load_adapter", "load_many", "train", "__version__"]

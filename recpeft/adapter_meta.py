@@ -61,6 +61,8 @@ class AdapterMeta:
     history: list[dict[str, Any]] | None = None
     # The (ε, δ) guarantee of a --dp-epsilon run, as recpeft/training/privacy.py writes it; opaque here.
     privacy: dict[str, Any] | None = None
+    # --fusion: the item vectors' source and the projector (recpeft/fusion); None: a text-only adapter
+    fusion: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +92,8 @@ class AdapterMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in raw.items() if k in known}
         kinds = {"domain": str, "method": str, "base_model": dict, "data": dict, "train_config": dict,
-                 "metrics": dict, "verbalizer": dict, "combination": dict, "privacy": dict, "history": list,
+                 "metrics": dict, "verbalizer": dict, "combination": dict, "privacy": dict, "fusion": dict,
+                 "history": list,
                  "target_modules": list}
         for key, kind in kinds.items():
             if values.get(key) is not None and not isinstance(values[key], kind):
@@ -174,4 +177,18 @@ from peft import PeftModel
 base = AutoModelForCausalLM.from_pretrained("<base model folder>")
 model = PeftModel.from_pretrained(base, "<this folder>")
 ```
-""" + card_section(meta.privacy)
+""" + _fusion_section(meta.fusion) + card_section(meta.privacy)
+
+
+def _fusion_section(fusion: dict[str, Any] | None) -> str:
+    if not fusion:
+        return ""
+    where = (f"the feature file `{fusion['features']}` (fingerprint `{fusion['fingerprint']}`), needed at load time"
+             if fusion.get("features") else "item vectors saved in `fusion.safetensors`")
+    return (f"""
+## Item fusion
+
+Each item in a prompt is followed by {fusion['tokens']} soft token(s): its {fusion['dim']}-dimensional vector
+({fusion['source']}, {fusion['items']} items; {where}) through a trained {fusion['projector']} projector.
+recpeft.load uses them; plain peft loading gives the adapter without them.
+""")

@@ -24,6 +24,7 @@ from recpeft.errors import UserError
 from recpeft.training import events
 
 CONTRACT_FILES = {"adapter_model.safetensors", "adapter_config.json", META_FILE, "README.md"}
+OPTIONAL_FILES = {"fusion.safetensors"}  # an adapter trained with --fusion (recpeft/fusion); its recpeft.json says so
 
 
 def _can_create_in(parent: Path) -> bool:
@@ -147,7 +148,7 @@ def save_adapter_dir(save_weights, out_dir: Path, meta: AdapterMeta, card: str) 
         save_weights(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces peft's generic card
         write_meta(tmp, meta)
-        extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES
+        extra = {p.name for p in tmp.iterdir()} - CONTRACT_FILES - OPTIONAL_FILES
         for name in extra:  # keep the contract exact whatever the peft version adds
             shutil.rmtree(tmp / name) if (tmp / name).is_dir() else (tmp / name).unlink()
 

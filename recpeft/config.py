@@ -22,6 +22,9 @@ from recpeft.data.load import FORMATS as DATA_FORMATS
 from recpeft.data.rows import ON_BAD_ROWS
 from recpeft.domains import DOMAINS
 from recpeft.errors import UserError, did_you_mean
+from recpeft.fusion import CF_MODELS as FUSION_CF_MODELS
+from recpeft.fusion import PROJECTORS as FUSION_PROJECTORS
+from recpeft.fusion import SOURCES as FUSION_SOURCES
 from recpeft.methods import METHODS
 from recpeft.methods.settings import AdaLoraSettings, AdapterSettings, LoraSettings, setting
 from recpeft.tasks import TASKS
@@ -95,6 +98,21 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                                     "critique naming one of the true item's categories ('The user asks for: more "
                                     "Film-Noir.'), as in a chat session; teaches the adapter to follow critiques.",
                                     range=(0.0, 1.0))
+    # fusion: item vectors as soft tokens next to each item's title (recpeft/fusion)
+    fusion: str = setting("off", "Item signals as soft tokens after each item's title, trained with the adapter: "
+                          "off; cf: item factors of a collaborative-filtering model fitted on the training period "
+                          "(--fusion-cf); file: the vectors of --item-features (e.g. image or audio embeddings).",
+                          choices=FUSION_SOURCES)
+    fusion_cf: str = setting("als", "With --fusion cf: als (implicit's ALS) or bpr (recpeft's BPR).",
+                             choices=FUSION_CF_MODELS)
+    fusion_dim: int = setting(64, "With --fusion cf: the CF model's factors per item.", range=(2, 1024))
+    fusion_tokens: int = setting(1, "Soft tokens per item.", range=(1, 16))
+    fusion_projector: str = setting("mlp", "Maps an item vector to its soft tokens: linear, or mlp (two layers, "
+                                    "GELU).", choices=FUSION_PROJECTORS)
+    item_features: str | None = setting(None, "With --fusion file: a .safetensors file (tensor 'vectors', item ids "
+                                        "as a JSON list in metadata 'item_ids') or a .npz ('item_ids', 'vectors'); "
+                                        "'sample': the embedded sample's synthetic second modality.",
+                                        flag_default="none")
     # evaluation and early stopping
     eval_every: int = setting(24, "Evaluate on validation every N steps.", range=(1, None))
     eval_samples: int = setting(128, "Validation examples per evaluation (0 = all).", range=(0, None))
@@ -244,6 +262,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
     if cfg.critique_share and cfg.task != "ranking":
         where = sourced.get("critique_share", (None, None))[1]
         raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)
+    check_fusion(cfg, sourced)
     from recpeft.training.privacy import check_config as check_privacy
 
     check_privacy(cfg, {key: where for key, (_, where) in sourced.items()})
@@ -252,3 +271,17 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
 
 def dump_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def check_fusion(cfg: TrainConfig, sourced: dict[str, tuple[Any, str | None]]) -> None:
+    """--fusion and --item-features go together; fusion needs items in the prompt."""
+    def where(key: str) -> str | None:
+        return sourced.get(key, (None, None))[1]
+
+    if cfg.fusion == "file" and not cfg.item_features:
+        raise UserError("--fusion file needs --item-features FILE (.safetensors or .npz)", where("fusion"))
+    if cfg.item_features and cfg.fusion != "file":
+        raise UserError("--item-features is read only with --fusion file", where("item_features"))
+    if cfg.fusion != "off" and cfg.task == "instruction":
+        raise UserError("fusion places item vectors next to catalogue items; instruction data has none",
+                        where("fusion"))

@@ -6,9 +6,12 @@ import json
 import random
 
 import pytest
+import torch
 
 from recpeft.baselines import REGISTRY, Baseline, FitContext, run_baselines
 from recpeft.baselines.base import cold_slice, train_interactions
+from recpeft.baselines.gru4rec import GRU4Rec, _Net
+from recpeft.baselines.sasrec import SASRec
 from recpeft.data.formats.csvdir import load_sample
 from recpeft.data.schema import Interaction, Item, RecData
 from recpeft.tasks.examples import cold_start, preference_examples, ranking_examples, subsample, train_item_counts
@@ -16,6 +19,7 @@ from recpeft.tasks.examples import cold_start, preference_examples, ranking_exam
 # Small enough for a 1-thread test; the defaults are for real data.
 FAST = {"gru4rec": {"dim": 32, "epochs": 1, "pointwise_epochs": 1, "min_steps": 60, "lr": 1e-2, "dropout": 0.0},
         "bpr": {"epochs": 5}}
+FAST["sasrec"] = FAST["gru4rec"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,18 @@ def skewed(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 
     return RecData("skewed", items, inter)
 
 
+def cyclic(n_users: int = 60, n_items: int = 40, per_user: int = 10, seed: int = 0) -> RecData:
+    """Every user walks the same seeded cycle of items from a random start: the next item follows from the last."""
+    rng = random.Random(seed)
+    cycle = rng.sample(range(n_items), n_items)
+    items = {f"i{k:02d}": Item(f"i{k:02d}", f"item {k}") for k in range(n_items)}
+    inter = []
+    for u in range(n_users):
+        start = rng.randrange(n_items)
+        inter += [Interaction(f"u{u:02d}", f"i{cycle[(start + t) % n_items]:02d}", t, click=1) for t in range(per_user)]
+    return RecData("cyclic", items, inter)
+
+
 def without_seconds(results: dict) -> dict:
     return {name: {k: v for k, v in m.items() if not k.endswith("seconds")} for name, m in results.items()}
 
@@ -51,7 +67,7 @@ def test_popularity_beats_random_on_a_skewed_catalogue():
 
 def test_preference_baselines_beat_random_on_the_video_sample(video):
     r = run_baselines(video, "preference", params=FAST)
-    assert set(r) == {"random", "popularity", "item_knn", "gru4rec", "logreg"}
+    assert set(r) == {"random", "popularity", "item_knn", "gru4rec", "sasrec", "logreg"}
     assert r["logreg"]["test"]["auc"] > 0.6  # the sample's tastes are category-driven
     for name in ("popularity", "item_knn", "logreg"):
         assert r[name]["test"]["auc"] > r["random"]["test"]["auc"] + 0.03, name
@@ -62,8 +78,8 @@ def test_preference_baselines_beat_random_on_the_video_sample(video):
 
 def test_ranking_baselines_beat_random_on_the_video_sample(video):
     r = run_baselines(video, "ranking", params=FAST)
-    assert set(r) == {"random", "popularity", "item_knn", "bpr", "gru4rec"}
-    for name in ("popularity", "item_knn", "bpr", "gru4rec"):
+    assert set(r) == {"random", "popularity", "item_knn", "bpr", "gru4rec", "sasrec"}
+    for name in ("popularity", "item_knn", "bpr", "gru4rec", "sasrec"):
         assert r[name]["test"]["hr@10"] > r["random"]["test"]["hr@10"] + 0.05, name
     assert r["item_knn"]["test"]["ndcg@10"] > r["popularity"]["test"]["ndcg@10"]
 
@@ -73,6 +89,33 @@ def test_rating_baselines_beat_random(video):
     for name in ("popularity", "item_knn", "logreg"):
         assert r[name]["test"]["rmse"] < r["random"]["test"]["rmse"] - 0.3, name
     assert r["logreg"]["test"]["rmse"] < r["popularity"]["test"]["rmse"]
+
+
+def test_sasrec_learns_a_cycle():
+    """Histories (up to 9 events, history_len 0 = all) longer than max_len 4: scored on their last 4."""
+    fast = {**FAST["sasrec"], "dim": 16, "min_steps": 100, "batch_size": 32, "max_len": 4}
+    r = run_baselines(cyclic(), "ranking", ["random", "sasrec"], params={"sasrec": fast}, history_len=0)
+    assert r["random"]["test"]["ndcg@10"] < 0.4
+    assert r["sasrec"]["test"]["ndcg@10"] > 0.8 and r["sasrec"]["test"]["hr@1"] > 0.6
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, SASRec])
+def test_sequence_encoders_are_causal(cls):
+    """The state at position t ignores later items and right padding, in training mode (no dropout) and scoring."""
+    torch.manual_seed(0)
+    net = _Net(30, 16, 0.0, cls(dim=16, max_len=8, dropout=0.0)._encoder).eval()
+    items = torch.randint(1, 31, (3, 8))
+    changed = torch.cat([items[:, :5], torch.randint(1, 31, (3, 3))], dim=1)
+    padded = torch.cat([items[:, :5], torch.zeros(3, 3, dtype=torch.long)], dim=1)
+    feedback = torch.zeros_like(items)
+    for grad in (True, False):  # with and without autograd (torch's fused transformer path scores)
+        with torch.set_grad_enabled(grad):
+            states = net.states(items, feedback)
+            for other in (changed, padded, items[:, :5]):
+                assert torch.allclose(net.states(other, feedback[:, :other.shape[1]])[:, :5], states[:, :5],
+                                      atol=1e-6)
+            assert not torch.allclose(net.states(changed, feedback)[:, 5:], states[:, 5:])
+            assert torch.isfinite(net.states(torch.zeros_like(items), feedback)).all()  # an empty history
 
 
 @pytest.mark.parametrize("task", ["preference", "ranking"])

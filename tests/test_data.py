@@ -14,7 +14,7 @@ def test_sample_generation_is_deterministic_and_matches_committed_files(tmp_path
     subprocess.run([sys.executable, "-m", "recpeft.data.make_samples", "--out", str(tmp_path)], check=True,
                    capture_output=True)
     for domain in DOMAINS:
-        for name in ("items.csv", "interactions.csv"):
+        for name in ("items.csv", "interactions.csv", "features.npz"):
             assert (tmp_path / domain / name).read_bytes() == (SAMPLE_ROOT / domain / name).read_bytes(), (domain, name)
 
 

@@ -19,6 +19,7 @@ from recpeft.baselines.itemknn import ItemKNN
 from recpeft.baselines.logreg import LogReg
 from recpeft.baselines.popularity import Popularity
 from recpeft.baselines.profile import GenrePopularity, GroupGenrePopularity, GroupPopularity
+from recpeft.baselines.sasrec import SASRec
 from recpeft.config import TrainConfig
 from recpeft.data.schema import RecData
 from recpeft.errors import UserError
@@ -26,8 +27,8 @@ from recpeft.evaluation.metrics import binary_metrics, ranking_metrics, rating_m
 from recpeft.tasks.examples import preference_examples, ranking_examples, subsample
 from recpeft.tasks.profiles import profile_examples
 
-REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, LogReg,
-                                                                   GroupPopularity, GenrePopularity,
+REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popularity, ItemKNN, BPR, GRU4Rec, SASRec,
+                                                                   LogReg, GroupPopularity, GenrePopularity,
                                                                    GroupGenrePopularity)}
 
 __all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",

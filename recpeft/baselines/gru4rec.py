@@ -11,6 +11,7 @@ target from [state, target, state * target]; trained on the supervised training 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,19 +21,28 @@ from recpeft.data.schema import Interaction
 from recpeft.tasks.examples import Example, RankingExample
 
 
+class _GRU(nn.GRU):
+    """The sequence encoder: (batch, time, dim) inputs -> states; right padding never reaches earlier positions."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # items: which positions pad (0)
+        return super().forward(x)[0]
+
+
 class _Net(nn.Module):
-    def __init__(self, n_items: int, dim: int, dropout: float):
+    def __init__(self, n_items: int, dim: int, dropout: float, encoder: Callable[[], nn.Module]):
         super().__init__()
         self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)  # item index + 1; 0 pads
         self.feedback = nn.Embedding(8, dim, padding_idx=0)  # 0: none, 1-2: disliked/liked, 3-7: rating 1-5
-        self.gru = nn.GRU(dim, dim, batch_first=True)
+        self.encoder = encoder()  # _GRU, or SASRec's causal transformer
         self.drop = nn.Dropout(dropout)
         self.head = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
     def states(self, items: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
-        """(batch, time, dim) GRU states; right padding never reaches earlier positions."""
-        out, _ = self.gru(self.drop(self.item(items) + self.feedback(feedback)))
-        return out
+        """(batch, time, dim) states; the state at position t depends only on the items at positions <= t."""
+        return self.encoder(self.drop(self.item(items) + self.feedback(feedback)), items)
 
     def last(self, items: torch.Tensor, feedback: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.states(items, feedback)[torch.arange(len(items)), lengths - 1]
@@ -55,6 +65,14 @@ class GRU4Rec(Baseline):
             dim, epochs, pointwise_epochs, batch_size, lr)
         self.weight_decay, self.dropout, self.max_len, self.min_steps = weight_decay, dropout, max_len, min_steps
 
+    def _encoder(self) -> nn.Module:
+        """The sequence encoder _Net runs over the embedded items (SASRec swaps in a transformer)."""
+        return _GRU(self.dim)
+
+    def _recent(self, example: Example | RankingExample) -> tuple[Interaction, ...]:
+        """The history the model reads to score an example."""
+        return self.ctx.recent(example)
+
     def _feedback(self, x: Interaction) -> int:
         if self.ctx.task == "rating":
             return 2 + int(round(x.rating)) if x.rating is not None else 0
@@ -73,7 +91,7 @@ class GRU4Rec(Baseline):
         self.ctx = ctx
         with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
             torch.manual_seed(ctx.seed)
-            self.net = _Net(len(ctx.item_ids), self.dim, self.dropout)
+            self.net = _Net(len(ctx.item_ids), self.dim, self.dropout, self._encoder)
             opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             self.net.train()
             if ctx.task == "ranking":
@@ -125,7 +143,7 @@ class GRU4Rec(Baseline):
                 opt.step()
 
     def _encode(self, examples: list[Example]) -> tuple[torch.Tensor, ...]:
-        items, feedback, lengths = self._batch([self.ctx.recent(e) for e in examples])
+        items, feedback, lengths = self._batch([self._recent(e) for e in examples])
         return items, feedback, lengths, torch.tensor([self.ctx.index[e.target.item_id] + 1 for e in examples])
 
     def _pointwise(self, items: torch.Tensor, feedback: torch.Tensor, lengths: torch.Tensor,
@@ -147,7 +165,7 @@ class GRU4Rec(Baseline):
 
     def score_ranking(self, examples: list[RankingExample]) -> list[list[float]]:
         def score(xs: list[RankingExample]) -> list[list[float]]:
-            state = self.net.last(*self._batch([self.ctx.recent(e) for e in xs]))
+            state = self.net.last(*self._batch([self._recent(e) for e in xs]))
             cands = self.net.item(torch.tensor([[self.ctx.index[c] + 1 for c in e.candidates] for e in xs]))
             return (cands @ state.unsqueeze(-1)).squeeze(-1).tolist()
         return self._chunks(examples, score)

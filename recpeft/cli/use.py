@@ -87,7 +87,7 @@ def baselines(
     domain: str = typer.Option(_D.domain, "--domain", "-d", help=f"Domain whose embedded sample is used "
                                f"without --data: {', '.join(DOMAINS)}."),
     models: str | None = _opt("every baseline that does the task", "Comma-separated baselines: random, "
-                                 "popularity, item_knn, bpr, gru4rec, logreg; for --task profile also "
+                                 "popularity, item_knn, bpr, gru4rec, sasrec, logreg; for --task profile also "
                                  "group_popularity, genre_popularity, group_genre_popularity.", "--models"),
     negatives: int = typer.Option(_D.negatives, "--negatives", help=_HELP["negatives"]),
     train_samples: int = typer.Option(_D.train_samples, "--train-samples", help="Few-shot preference/rating: fit "

@@ -27,6 +27,7 @@ LIKED_SHARE = 0.55  # share of a user's picks drawn from their liked themes; the
 AFFINITY, QUALITY, NOISE = 1.3, 0.3, 0.45  # latent score = AFFINITY*theme + QUALITY*item + NOISE*eps
 CUTS = (-0.4, 0.2, 0.85, 1.7)  # latent score -> rating 1..5; rating >= 4 (score > 0.85) is a like
 TEST_LAST = 4  # the check scores each user's last 4 interactions
+FEATURE_DIM, FEATURE_NOISE = 16, 0.5  # the synthetic second modality (features.npz, see modality())
 
 # domain -> (id prefix, seed, [(category, templates, {slot: "word|word|..."})])
 DOMAINS = {
@@ -168,10 +169,26 @@ def generate(domain):
     return items, rows, latent
 
 
+def modality(domain, items):
+    """A synthetic second modality (think image embeddings): FEATURE_DIM numbers per item, a fixed random
+    mix of the item's theme and of its latent quality, plus noise. Quality moves likes (QUALITY above) but
+    no title shows it, so `--fusion file --item-features sample` has something the text cannot give.
+    Its own RNG: items.csv and interactions.csv stay byte-identical."""
+    rng = np.random.default_rng(DOMAINS[domain][1] + 7)
+    n_themes = len(DOMAINS[domain][2])
+    mix = rng.normal(0.0, 1.0, (n_themes + 1, FEATURE_DIM))
+    latent = np.array([[*(np.arange(n_themes) == it[3]), 2.0 * it[4]] for it in items], dtype=float)
+    vectors = latent @ mix + FEATURE_NOISE * rng.normal(0.0, 1.0, (len(items), FEATURE_DIM))
+    order = sorted(range(len(items)), key=lambda i: items[i][0])
+    return np.array([items[i][0] for i in order]), vectors[order].astype(np.float32)
+
+
 def write(domain, root):
     items, rows, _ = generate(domain)
     folder = Path(root) / domain
     folder.mkdir(parents=True, exist_ok=True)
+    ids, vectors = modality(domain, items)
+    np.savez(folder / "features.npz", item_ids=ids, vectors=vectors)
     with (folder / "items.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["item_id", "title", "category"])

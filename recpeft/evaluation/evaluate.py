@@ -80,7 +80,13 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
             if write:
                 check_file_writable(out_path)
     base, tok, source = load_base(cfg.model, bits=resolve_bits(cfg.bits))
-    the_task = get_task(cfg.task, dataset, get_domain(cfg.domain), tok, cfg)
+    fusion, task_data = None, dataset
+    if meta is not None and meta.fusion:  # the adapter's item soft tokens, as it was trained with them
+        from recpeft.fusion.fusion import Fusion
+
+        fusion = Fusion.load(adapter, meta.fusion)
+        task_data, tok = fusion.mark_data(dataset), fusion.tokenizer(tok, base)
+    the_task = get_task(cfg.task, task_data, get_domain(cfg.domain), tok, cfg)
     if meta is not None and meta.task == cfg.task and meta.prompt_template != the_task.template_id:
         raise UserError(f"adapter was trained with prompt template '{meta.prompt_template}', this recpeft "
                         f"writes '{the_task.template_id}' for the {cfg.task} task", str(adapter))
@@ -90,7 +96,9 @@ def evaluate(adapter: str | None, data: str | None = None, fmt: str | None = Non
     if adapter:
         from recpeft.methods import load_adapter
 
-        net = load_adapter(base, adapter, tokenizer=tok, force=force)
+        net = load_adapter(base, adapter, tokenizer=getattr(tok, "base", tok), force=force)
+        if fusion is not None:
+            fusion.attach(net, trainable=False)
     else:
         net = base
     bar = tqdm(total=len(evalset), desc=f"eval {cfg.task} {split}", leave=False, disable=not show_progress)

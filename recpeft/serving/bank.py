@@ -65,10 +65,14 @@ class AdapterBank:
     with ".", and a folder's name (`adapters/news-v1.2`) must never matter.
     """
 
-    def __init__(self, base, folders: dict[str, str | Path]):
+    def __init__(self, base, folders: dict[str, str | Path], fusions: dict | None = None):
+        """fusions: {name: recpeft.fusion.Fusion} of the adapters trained with --fusion (switched with them)."""
         from peft import PeftModel, get_peft_model
 
         self.base = base
+        self.fusions = {name: f for name, f in (fusions or {}).items() if f is not None}
+        for fusion in self.fusions.values():
+            fusion.attach(base, trainable=False)  # installs the fused embedding once; _switch picks the module
         self.peft = None
         self.methods = {name: method_of(folder) for name, folder in folders.items()}
         self.slots = {name: f"adapter_{i}" for i, name in enumerate(folders)}  # the names peft sees
@@ -126,6 +130,10 @@ class AdapterBank:
             return
         if name not in self.methods:
             raise UserError(f"unknown adapter '{name}'; loaded: {', '.join(self.methods)}")
+        if self.fusions:
+            from recpeft.fusion.module import install
+
+            install(self.base, self.fusions[name].module if name in self.fusions else None)
         if self._installed is not None:
             bottleneck.uninstall(self._installed)
             self._installed = None

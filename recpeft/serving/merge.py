@@ -28,6 +28,10 @@ def _linear_only(folder: Path, meta: AdapterMeta, what: str) -> None:
         raise UserError(f"cannot {what} a bottleneck Adapter: its down-projection, non-linearity and "
                         "up-projection are no linear weight delta; use it as an adapter (recpeft.load, "
                         "recpeft recommend, recpeft serve) instead", str(folder))
+    if meta.fusion:
+        raise UserError(f"cannot {what} an adapter trained with --fusion: its item soft tokens come from "
+                        "fusion.safetensors, which a merged model has no place for; use it as an adapter "
+                        "(recpeft.load, recpeft recommend, recpeft serve) instead", str(folder))
 
 
 def _probe(tokenizer, domain: str, n: int = 4) -> dict[str, torch.Tensor]:

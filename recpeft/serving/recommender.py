@@ -107,6 +107,10 @@ class Recommender:
 
     def __init__(self, bank: AdapterBank, name: str, path: Path, meta: AdapterMeta, tokenizer):
         self.bank, self.name, self.path, self.meta, self.tokenizer = bank, name, path, meta, tokenizer
+        # --fusion adapters: items carry their soft-token markers, which this tokenizer turns into ids
+        self.fusion = bank.fusions.get(name)
+        if self.fusion is not None:
+            self.tokenizer = self.fusion.tokenizer(tokenizer, bank.base)
         self.domain = get_domain(meta.domain)
         self.method: str = meta.method
         self.history_len: int = int(meta.train_config.get("history_len") or 10)
@@ -117,9 +121,15 @@ class Recommender:
     def __repr__(self) -> str:
         return f"Recommender({self.name!r}, domain={self.domain.name!r}, method={self.method!r}, path='{self.path}')"
 
+    def _item(self, x: ItemLike) -> Item:
+        """The item as prompts show it (with its soft-token marker for a --fusion adapter)."""
+        item = as_item(x)
+        return self.fusion.mark(item) if self.fusion is not None else item
+
     def _recent(self, history: Sequence[HistoryEntry]) -> list[Rated]:
         rated = as_history(history)
-        return rated[-self.history_len:] if self.history_len else []
+        rated = rated[-self.history_len:] if self.history_len else []
+        return [Rated(self._item(r.item), r.liked, r.rating) for r in rated] if self.fusion is not None else rated
 
     def _preference_split(self, history: Sequence[HistoryEntry], profile: Profile | None = None,
                           critiques: Sequence[str] = ()):
@@ -131,7 +141,7 @@ class Recommender:
 
     def _logits(self, split, items: Sequence[ItemLike], answer_ids: list[int], naive: bool,
                 batch_size: int) -> torch.Tensor:
-        suffixes = [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items]
+        suffixes = [split.suffix_ids(self.tokenizer, self._item(x).text()) for x in items]
         run = naive_answer_logits if naive else cached_answer_logits
         with self.bank.use(self.name) as model:
             return run(model, split.prefix_ids, suffixes, answer_ids, self.tokenizer.pad_token_id, batch_size)
@@ -143,7 +153,7 @@ class Recommender:
         if not items:
             raise UserError("no items to score")
         split = self._preference_split(history, profile, critiques)
-        return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, as_item(x).text()) for x in items])
+        return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, self._item(x).text()) for x in items])
 
     def score_prepared(self, requests: Sequence[Prepared], batch_size: int = 64, interrupt=None) -> list[list[float]]:
         """P(like / click) for several prepared requests, computed together (one batched cached-prefix
@@ -235,7 +245,7 @@ class Recommender:
     def pitch(self, history: Sequence[HistoryEntry], item: ItemLike, max_new_tokens: int = 48) -> str:
         """One short personalised sentence recommending item to this user."""
         liked = [r.item for r in self._recent(history) if r.liked]
-        return self.generate(pitch_message(liked, as_item(item), self.domain), max_new_tokens)
+        return self.generate(pitch_message(liked, self._item(item), self.domain), max_new_tokens)
 
     def catalog(self) -> list[Item]:
         """The items of the data this adapter was trained on (the embedded sample when none was given)."""
@@ -284,11 +294,13 @@ def _bits(meta: AdapterMeta) -> int:
 
 
 def load_many(paths: Mapping[str, str | Path], device: str | None = None, bits: int | None = None,
-              force: bool = False) -> RecommenderSet:
+              force: bool = False, item_features: Mapping[str, str | Path] | None = None) -> RecommenderSet:
     """Load several adapters onto one shared base model: `{"news": "adapters/news", ...}`.
 
     Every adapter must record the same base model. bits: the base precision (default: the precision the
     first adapter was trained at). force: load adapters whose base fingerprint differs, with a warning.
+    item_features: {name: feature file} for adapters trained with --fusion file whose file has moved
+    (default: the path recpeft.json records; either way its fingerprint must match).
     """
     from recpeft.methods import check_base
     from recpeft.models.load import load_base
@@ -311,14 +323,22 @@ def load_many(paths: Mapping[str, str | Path], device: str | None = None, bits: 
     base, tok, _ = load_base(want.name, bits=bits, device=device)  # default: the GPU when there is one
     for path in paths.values():
         check_base(base, path, tok, force)
-    bank = AdapterBank(base, {name: Path(p) for name, p in paths.items()})
+    from recpeft.fusion.fusion import Fusion
+
+    fusions = {name: Fusion.load(paths[name], meta.fusion, (item_features or {}).get(name))
+               for name, meta in metas.items() if meta.fusion}
+    bank = AdapterBank(base, {name: Path(p) for name, p in paths.items()}, fusions)
     recs = {name: Recommender(bank, name, Path(paths[name]), metas[name], tok) for name in paths}
     return RecommenderSet(recs, bank, want.name)
 
 
-def load(path: str | Path, device: str | None = None, bits: int | None = None, force: bool = False) -> Recommender:
-    """Load one adapter folder (any method) on the base model its recpeft.json names."""
-    return next(iter(load_many({Path(path).name or "adapter": path}, device, bits, force).values()))
+def load(path: str | Path, device: str | None = None, bits: int | None = None, force: bool = False,
+         item_features: str | Path | None = None) -> Recommender:
+    """Load one adapter folder (any method) on the base model its recpeft.json names. item_features: see
+    `load_many`."""
+    name = Path(path).name or "adapter"
+    features = {name: item_features} if item_features else None
+    return next(iter(load_many({name: path}, device, bits, force, features).values()))
 
 
 def load_dir(folder: str | Path, **kwargs) -> RecommenderSet:

@@ -85,6 +85,9 @@ def check_config(cfg, where: dict[str, str | None]) -> None:
                  f"term per example), not {cfg.task}"),
         "item_stats": (cfg.item_stats, "--item-stats writes every training example's label into other examples' "
                                        "prompts, so no per-example guarantee holds; leave it off with --dp-epsilon"),
+        "fusion": (cfg.fusion != "off", "--dp-epsilon does not support --fusion: the projector runs on all the "
+                                        "batch's items at once, so opacus cannot clip it per example (and cf vectors "
+                                        "are fitted on the training data without noise)"),
         "num_processes": (cfg.num_processes > 1, "--dp-epsilon runs in one process (--num-processes 1): the "
                                                  "Poisson sampling and the accountant here are single-process"),
         "grad_accum": (cfg.grad_accum > 1, "--dp-epsilon draws one Poisson batch per optimiser step: use a larger "

@@ -29,6 +29,7 @@ from recpeft.data import load_data
 from recpeft.domains import get_domain
 from recpeft.errors import Interrupted
 from recpeft.evaluation import sharding
+from recpeft.fusion.fusion import Fusion
 from recpeft.kernels.gpu import batch_size_for, pad_multiple
 from recpeft.methods import get_method
 from recpeft.models.load import config_fingerprint, default_targets, load_base, resolve_bits
@@ -87,6 +88,9 @@ class Run:
             check_can_create(Path(cfg.runs_dir) / cfg.domain, "runs folder")
         self.data = load_data(cfg.domain, cfg.data, cfg.format, cfg.on_bad_rows)
         task_name(cfg.task, self.data)  # a task the data cannot do fails here, before the model loads
+        # --fusion: item vectors (fitted on the training period, or read) as soft tokens after each item's title;
+        # a bad feature file fails here too
+        self.fusion = Fusion.for_run(cfg, self.data)
         self.privacy = dp.for_run(cfg, self.data, self.domain)  # DP-SGD or None; δ >= 1/N fails here too
         self.bits = resolve_bits(cfg.bits, setup.process_on_cuda())  # 0: 8 on CUDA, 32 on CPU
         self.accelerator = accelerator = make_accelerator(cfg, self.bits, save)
@@ -105,7 +109,10 @@ class Run:
             enable_gradient_checkpointing(model)
         if on_cuda:  # the training peak, apart from the load's transient
             torch.cuda.reset_peak_memory_stats(accelerator.device)
-        self.task = task = get_task(cfg.task, self.data, self.domain, self.tok, cfg)
+        task_data = self.data
+        if self.fusion:
+            task_data, self.tok = self.fusion.mark_data(self.data), self.fusion.tokenizer(self.tok, model)
+        self.task = task = get_task(cfg.task, task_data, self.domain, self.tok, cfg)
         self.train_rows = task.train_rows(cfg.train_samples)
         self.valid_rows = task.eval_set("valid", cfg.eval_samples)
         self.test_rows = task.eval_set("test", cfg.test_samples)
@@ -124,11 +131,19 @@ class Run:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.model = self.method.attach(model, cfg, self.targets, self.total_steps)
+        if self.fusion:  # after the method, which freezes everything but its own weights
+            self.fusion.attach(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in self.trainable)
         self.n_total = sum(p.numel() for p in self.model.parameters())
         self.step_seconds: list[float] = []
         self.eval_seconds, self.eval_units = 0.0, 0  # evaluation wall time; units this process scored
+
+    def save_weights(self, folder: Path) -> None:
+        """The adapter's weight files: the method's, and fusion.safetensors with --fusion."""
+        self.method.save(self.unwrapped(), folder, self.cfg)
+        if self.fusion:
+            self.fusion.save(folder)
 
     def dry_run(self) -> TrainResult:
         counts = {s: len(v) for s, v in self.task.splits().items()}
@@ -348,7 +363,7 @@ class Run:
     # ------------------------------------------------------------------------------ the end
 
     def finish(self) -> TrainResult:
-        cfg, accelerator, progress = self.cfg, self.accelerator, self.progress
+        accelerator, progress = self.accelerator, self.progress
         final = self.unwrapped()
         with torch.no_grad():
             for n, p in final.named_parameters():
@@ -361,8 +376,7 @@ class Run:
         written = None
         if self.save and self.main:
             meta = summary.adapter_meta(self, final, metrics)
-            written = str(save_adapter_dir(lambda folder: self.method.save(final, folder, cfg), self.out_dir, meta,
-                                           model_card(meta)))
+            written = str(save_adapter_dir(self.save_weights, self.out_dir, meta, model_card(meta)))
         accelerator.wait_for_everyone()
         metrics["seconds"] = round(time.time() - self.start, 1)
         return TrainResult(written, metrics, progress.history, progress.losses, final, self.tok, test_eval.outputs)

@@ -1,0 +1,81 @@
+"""The trainable part of fusion: a projector from item vectors to soft input tokens, and the embedding
+layer that places them.
+
+Each item in a prompt is followed by `tokens` virtual token ids past the vocabulary (recpeft.fusion.tokens
+writes them). The base model's input embedding is switched in place to `FusedEmbedding`: real ids are
+looked up as before, and a virtual id's embedding is the projector's output for that item, row j of its
+`tokens`. Everything downstream (attention masks, positions, the cached prefix's KV cache, DDP) sees
+ordinary input ids, so no other code path changes. Written by hand because it is this wiring, not a
+model: the projector itself is torch's Linear / MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ItemFusion(nn.Module):
+    """Frozen item vectors (row 0: a learned 'unknown' vector for items without one) and the projector."""
+
+    def __init__(self, vectors: torch.Tensor, hidden: int, tokens: int = 1, projector: str = "mlp",
+                 scale: float = 1.0):
+        super().__init__()
+        dim = vectors.shape[1]
+        self.tokens, self.hidden = tokens, hidden
+        self.register_buffer("table", vectors.float().clone(), persistent=False)
+        self.unknown = nn.Parameter(torch.zeros(dim))
+        out = tokens * hidden
+        self.projector = (nn.Linear(dim, out) if projector == "linear" else
+                          nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out)))
+        # the base model's own embedding scale, so a fresh projector's tokens look like word embeddings
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n, tokens, hidden] soft tokens for item rows (0 = unknown item, r >= 1 = table row r - 1)."""
+        known = rows > 0
+        x = self.unknown.expand(len(rows), -1).clone()
+        if known.any():
+            x[known] = self.table[rows[known] - 1].to(x.dtype)
+        return (self.projector(x) * self.scale).view(len(rows), self.tokens, self.hidden)
+
+
+class FusedEmbedding(nn.Embedding):
+    """An nn.Embedding whose ids past its vocabulary are items' soft tokens (see the module docstring).
+    Installed by changing the class of the model's own embedding: its weight, and any tie to the LM head,
+    stay as they were."""
+
+    recpeft_fusion: ItemFusion | None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        virtual = ids >= self.num_embeddings
+        if not virtual.any():
+            return super().forward(ids)
+        fusion = self.recpeft_fusion
+        if fusion is None:
+            raise RuntimeError("item soft tokens in the input, but no fusion module is active")
+        out = F.embedding(ids.masked_fill(virtual, 0), self.weight, self.padding_idx)
+        offset = ids[virtual] - self.num_embeddings
+        soft = fusion(torch.div(offset, fusion.tokens, rounding_mode="floor"))  # [n, tokens, hidden]
+        picked = soft[torch.arange(len(offset), device=ids.device), offset % fusion.tokens]
+        return out.masked_scatter(virtual.unsqueeze(-1), picked.to(out.dtype))
+
+
+def install(model, fusion: ItemFusion | None) -> FusedEmbedding:
+    """Switch the model's input embedding to FusedEmbedding (once) and make `fusion` its active module."""
+    emb = model.get_input_embeddings()
+    if type(emb) is nn.Embedding:
+        emb.__class__ = FusedEmbedding
+    if not isinstance(emb, FusedEmbedding):
+        raise TypeError(f"fusion needs an nn.Embedding input layer, found {type(emb).__name__}")
+    if fusion is not None:
+        fusion.to(emb.weight.device)
+    emb.recpeft_fusion = fusion  # a submodule: its parameters are the model's (trained, checkpointed, DDP-synced)
+    return emb
+
+
+def embedding_scale(model) -> float:
+    """Root-mean-square of the input embedding's entries."""
+    w = model.get_input_embeddings().weight
+    return float(w.detach().float().pow(2).mean().sqrt())

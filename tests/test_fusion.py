@@ -1,0 +1,249 @@
+"""Item fusion (--fusion): soft tokens from item vectors, trained with the adapter, saved and served."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recpeft.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def fused_run(tiny_task_model, tmp_path_factory):
+    """A 4-step ranking run with --fusion cf on the embedded video sample: (TrainResult, adapter folder)."""
+    from recpeft.config import build_config
+    from recpeft.training.trainer import train
+
+    work = tmp_path_factory.mktemp("fused")
+    cfg = build_config(None, domain="video", model=str(tiny_task_model), task="ranking", fusion="cf", fusion_dim=8,
+                       max_steps=4, eval_every=2, batch_size=4, eval_samples=4, test_samples=4, negatives=5,
+                       patience=0, threads=1, lr=0.05, runs_dir=str(work / "runs"), output_dir=str(work / "out"))
+    return train(cfg, show_progress=False), work / "out"
+
+
+def test_tokenizer_writes_markers_as_virtual_ids(tiny_task_model):
+    from transformers import AutoTokenizer
+
+    from recpeft.data.schema import Item
+    from recpeft.fusion.tokens import FusionTokenizer, mark
+
+    base = AutoTokenizer.from_pretrained(tiny_task_model)
+    tok = FusionTokenizer(base, offset=1000, tokens=2)
+    plain = "Yes No ; Probe"
+    assert tok(plain, add_special_tokens=False)["input_ids"] == base(plain, add_special_tokens=False)["input_ids"]
+    text = mark(Item("7", "Yes"), 3).text() + " No"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    yes, no = (base(w, add_special_tokens=False)["input_ids"] for w in ("Yes", "No"))
+    assert ids == yes + [1000 + 3 * 2, 1000 + 3 * 2 + 1] + no
+    assert tok.decode(ids) == base.decode(yes + no)
+    assert tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"].tolist() == [ids]
+
+
+def test_fused_embedding_places_projected_vectors_and_trains_only_the_projector():
+    from recpeft.fusion.module import FusedEmbedding, ItemFusion, install
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    emb = torch.nn.Embedding(10, 4)
+    emb.weight.requires_grad_(False)
+    model.get_input_embeddings = lambda: emb
+    fusion = ItemFusion(torch.randn(3, 5), hidden=4, tokens=2, projector="linear")
+    install(model, fusion)
+    assert isinstance(emb, FusedEmbedding)
+    ids = torch.tensor([[1, 10 + 2 * 2 + 1, 2, 10 + 0]])  # a real id, item row 2 token 1, a real id, unknown token 0
+    out = emb(ids)
+    assert torch.equal(out[0, 0], emb.weight[1]) and torch.equal(out[0, 2], emb.weight[2])
+    assert torch.allclose(out[0, 1], fusion(torch.tensor([2]))[0, 1])
+    assert torch.allclose(out[0, 3], fusion(torch.tensor([0]))[0, 0])
+    out.sum().backward()
+    assert fusion.projector.weight.grad is not None and fusion.unknown.grad is not None
+    assert emb.weight.grad is None
+    assert torch.equal(emb(torch.tensor([[1, 2]])), emb.weight[[1, 2]].unsqueeze(0))  # no item: a plain lookup
+
+
+def test_collaborative_vectors_come_from_the_training_period_only(tmp_path):
+    from recpeft.data import load_data
+    from recpeft.fusion.vectors import collaborative
+    from recpeft.tasks.examples import ranking_examples
+
+    data = load_data("video", None, None)
+    vectors = collaborative(data, "ranking", "als", dim=8, seed=1)
+    train_items = {x.item_id for ex in ranking_examples(data, negatives=5, seed=0)["train"] for x in ex.history}
+    assert set(vectors.ids) <= train_items | {ex.candidates[0] for ex in ranking_examples(data, 5, 0)["train"]}
+    only_later = {ex.candidates[0] for s in ("valid", "test") for ex in ranking_examples(data, 5, 0)[s]} - set(
+        x.item_id for x in data.interactions if x.item_id in vectors.ids)
+    assert not only_later & set(vectors.ids)
+    assert vectors.vectors.shape == (len(vectors.ids), 8)
+    again = collaborative(data, "ranking", "als", dim=8, seed=1)
+    assert torch.equal(again.vectors, vectors.vectors)  # resume rebuilds the very same table
+    bpr = collaborative(data, "ranking", "bpr", dim=8, seed=1)
+    assert bpr.source == "cf:bpr" and bpr.vectors.shape[1] == 8
+
+
+def test_feature_files_are_read_without_pickle_and_checked(tmp_path):
+    from safetensors.numpy import save_file
+
+    from recpeft.fusion.vectors import from_file
+
+    vec = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    save_file({"vectors": vec}, str(tmp_path / "f.safetensors"), metadata={"item_ids": json.dumps(["a", "b", "c"])})
+    np.savez(tmp_path / "f.npz", item_ids=np.array(["a", "b", "c"]), vectors=vec)
+    a, b = from_file(tmp_path / "f.safetensors"), from_file(tmp_path / "f.npz")
+    assert a.ids == b.ids == ["a", "b", "c"] and a.fingerprint == b.fingerprint and torch.equal(a.vectors, b.vectors)
+    np.savez(tmp_path / "obj.npz", item_ids=np.array(["a", 1], dtype=object), vectors=vec[:2])
+    np.savez(tmp_path / "short.npz", item_ids=np.array(["a", "b"]), vectors=vec)
+    np.savez(tmp_path / "dup.npz", item_ids=np.array(["a", "a", "b"]), vectors=vec)
+    np.savez(tmp_path / "nan.npz", item_ids=np.array(["a", "b", "c"]), vectors=vec * np.nan)
+    (tmp_path / "f.npy").write_bytes(b"")
+    for name, words in (("obj.npz", "numeric vectors and string ids only"), ("short.npz", "2 item ids for 3"),
+                        ("dup.npz", "not unique"), ("nan.npz", "finite"), ("f.npy", "use .safetensors or .npz"),
+                        ("missing.npz", "not found")):
+        with pytest.raises(UserError, match=words) as err:
+            from_file(tmp_path / name)
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("flags, words", [
+    ({"fusion": "file"}, "needs --item-features"),
+    ({"item_features": "x.npz"}, "only with --fusion file"),
+    ({"fusion": "cf", "dp_epsilon": 8.0}, "does not support --fusion"),
+    ({"fusion": "nope"}, "unknown fusion 'nope'"),
+])
+def test_config_errors(flags, words):
+    from recpeft.config import build_config
+
+    with pytest.raises(UserError, match=words):
+        build_config(None, **flags)
+
+
+def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
+    """The loaded adapter (recpeft.load: fusion.safetensors, markers, cached prefix) gives the scores the run's
+    own test evaluation gave, for the same users and candidates."""
+    import recpeft
+    from recpeft.data import load_data
+    from recpeft.tasks.examples import ranking_examples, subsample
+
+    result, folder = fused_run
+    meta = json.loads((folder / "recpeft.json").read_text())
+    assert meta["fusion"]["source"] == "cf:als" and meta["fusion"]["dim"] == 8
+    assert (folder / "fusion.safetensors").is_file()
+    assert "## Item fusion" in (folder / "README.md").read_text()
+    rec = recpeft.load(folder)
+    assert rec.fusion is not None
+    data = load_data("video", None, None)
+    examples = subsample(ranking_examples(data, negatives=5, seed=42)["test"], 4, 42)
+    for ex, want in zip(examples, result.test_outputs["scores"]):
+        history = [(data.items[x.item_id], x.liked) for x in ex.history]
+        got = rec.score(history, [data.items[c] for c in ex.candidates])
+        assert got == pytest.approx(want, abs=1e-5)
+    # the item vectors matter: the same titles without their ids get the unknown vector instead
+    ex = examples[0]
+    bare = [data.items[c].title for c in ex.candidates]
+    history = [(data.items[x.item_id], x.liked) for x in ex.history]
+    assert rec.score(history, bare) != pytest.approx(result.test_outputs["scores"][0], abs=1e-4)
+    # plain peft loading still works for the LoRA part
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(meta["base_model"]["name"]), str(folder))
+
+
+def test_merge_refuses_a_fusion_adapter(fused_run, tmp_path):
+    from recpeft.serving.merge import merge_adapter
+
+    with pytest.raises(UserError, match="--fusion"):
+        merge_adapter(fused_run[1], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_feature_file_adapter_needs_its_file(tiny_task_model, tmp_path):
+    """--fusion file: the adapter records the file's fingerprint; a changed or missing file is a clear error."""
+    from safetensors.numpy import save_file
+
+    import recpeft
+    from recpeft.config import build_config
+    from recpeft.data import load_data
+    from recpeft.training.trainer import train
+
+    data = load_data("news", None, None)
+    ids = sorted(data.items)
+    vec = np.random.default_rng(0).normal(size=(len(ids), 6)).astype(np.float32)
+    features = tmp_path / "features.safetensors"
+    save_file({"vectors": vec}, str(features), metadata={"item_ids": json.dumps(ids)})
+    cfg = build_config(None, domain="news", model=str(tiny_task_model), fusion="file", item_features=str(features),
+                       fusion_projector="linear", fusion_tokens=2, max_steps=2, eval_every=2, batch_size=4,
+                       eval_samples=4, test_samples=4, patience=0, threads=1, runs_dir=str(tmp_path / "runs"),
+                       output_dir=str(tmp_path / "out"))
+    train(cfg, show_progress=False)
+    meta = json.loads((tmp_path / "out" / "recpeft.json").read_text())
+    assert meta["fusion"]["features"] == str(features.resolve()) and meta["fusion"]["tokens"] == 2
+    item = data.items[ids[0]]
+    before = recpeft.load(tmp_path / "out").score([item], [data.items[ids[1]]])
+    save_file({"vectors": vec + 1}, str(features), metadata={"item_ids": json.dumps(ids)})
+    with pytest.raises(UserError, match="other item features"):
+        recpeft.load(tmp_path / "out")
+    save_file({"vectors": vec}, str(features), metadata={"item_ids": json.dumps(ids)})
+    moved = Path(features.rename(tmp_path / "moved.safetensors"))
+    with pytest.raises(UserError, match="not found"):
+        recpeft.load(tmp_path / "out")
+    assert recpeft.load(tmp_path / "out", item_features=moved).score([item], [data.items[ids[1]]]) == before
+
+
+def test_resume_continues_the_projector_exactly(tiny_model, small_news, tmp_path):
+    """The projector is trained state like the adapter: a run resumed from a checkpoint ends with the same
+    adapter and the same fusion weights as the run that went through."""
+    from conftest import run_settings
+    from safetensors.torch import load_file
+
+    from recpeft.config import build_config
+    from recpeft.training.trainer import train
+
+    flags = {"domain": "news", "max_steps": 12, "batch_size": 4, "lr": 0.02, "eval_every": 4, "eval_samples": 8,
+             "test_samples": 8, "patience": 0, "lora_dropout": 0.1, "threads": 1, "checkpoint_every": 4,
+             "keep_checkpoints": 5, "fusion": "cf", "fusion_dim": 8}
+    values = run_settings(flags, tiny_model, small_news, tmp_path)
+    train(build_config(**values), show_progress=False)
+    files = ("adapter_model.safetensors", "fusion.safetensors")
+    first = {f: load_file(str(tmp_path / "out" / f)) for f in files}
+    assert any(k.startswith("projector") for k in first["fusion.safetensors"])
+    (run,) = (tmp_path / "runs" / "news").iterdir()
+    train(build_config(**values, resume=str(run / "checkpoint-8")), show_progress=False)
+    for f in files:
+        again = load_file(str(tmp_path / "out" / f))
+        assert set(again) == set(first[f])
+        for k in again:
+            torch.testing.assert_close(again[k], first[f][k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_embedded_sample_modality_is_the_default_feature_file_and_errors_are_clean(tmp_path):
+    """--item-features sample reads the sample's synthetic modality (one vector per item); with --data it is
+    refused, and a bad feature file stops `recpeft train` with exit 2 before any model loads or file is written."""
+    from recpeft.config import build_config
+    from recpeft.data import load_data
+    from recpeft.fusion.fusion import Fusion
+
+    data = load_data("news", None, None)
+    fusion = Fusion.for_run(build_config(None, fusion="file", item_features="sample"), data)
+    assert set(fusion.rows) == set(data.items) and fusion.vectors.dim == 16
+    with pytest.raises(UserError, match="embedded sample's"):
+        Fusion.for_run(build_config(None, fusion="file", item_features="sample", data="x"), data)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    result = subprocess.run([sys.executable, "-m", "recpeft", "train", "--fusion", "file", "--item-features",
+                             str(tmp_path / "bad.npz"), "--model", "nope", "--output-dir", str(tmp_path / "out"),
+                             "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "bad.npz" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_recpeft_eval_scores_a_fusion_adapter_with_its_item_tokens(fused_run):
+    from recpeft.evaluation.evaluate import evaluate
+
+    result, folder = fused_run
+    report = evaluate(str(folder), split="test", limit=4, write=False, show_progress=False, threads=1)
+    assert report.metrics["ndcg@10"] == pytest.approx(result.metrics["test_ndcg@10"], abs=1e-6)
