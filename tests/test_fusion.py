@@ -247,3 +247,24 @@ def test_recpeft_eval_scores_a_fusion_adapter_with_its_item_tokens(fused_run):
     result, folder = fused_run
     report = evaluate(str(folder), split="test", limit=4, write=False, show_progress=False, threads=1)
     assert report.metrics["ndcg@10"] == pytest.approx(result.metrics["test_ndcg@10"], abs=1e-6)
+
+
+def test_a_scaled_embedding_subclass_keeps_its_own_lookup():
+    """Gemma scales its embedding lookups (an nn.Embedding subclass): fusion keeps that forward for real ids."""
+    from recpeft.fusion.module import FusedEmbedding, ItemFusion, embedding_scale, install
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) * 3.0
+
+    model = torch.nn.Module()
+    emb = Scaled(10, 4)
+    model.get_input_embeddings = lambda: emb
+    scale = embedding_scale(model)
+    assert scale == pytest.approx(3.0 * float(emb.weight.pow(2).mean().sqrt()), rel=1e-5)
+    fusion = ItemFusion(torch.randn(2, 3), hidden=4, scale=scale)
+    install(model, fusion)
+    assert isinstance(emb, (FusedEmbedding, Scaled))
+    out = emb(torch.tensor([[1, 10 + 1]]))
+    assert torch.allclose(out[0, 0], emb.weight[1] * 3.0)
+    assert torch.allclose(out[0, 1], fusion(torch.tensor([1]))[0, 0])

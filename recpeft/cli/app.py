@@ -100,7 +100,8 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        print(f"{r['name']:<16}{'cached' if r['cached'] else 'not pulled':<12}{r['description']}\n{'':<28}{r['path']}")
+        print(f"{r['name']:<16}{'cached' if r['cached'] else 'not pulled':<12}{r['description']}\n{'':<28}{r['path']}"
+              f"\n{'':<28}licence: {r['licence']}")
 
 
 @models_app.command("pull")

@@ -12,7 +12,6 @@ model: the projector itself is torch's Linear / MLP.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -55,27 +54,37 @@ class FusedEmbedding(nn.Embedding):
         fusion = self.recpeft_fusion
         if fusion is None:
             raise RuntimeError("item soft tokens in the input, but no fusion module is active")
-        out = F.embedding(ids.masked_fill(virtual, 0), self.weight, self.padding_idx)
+        out = super().forward(ids.masked_fill(virtual, 0))  # the model's own lookup (Gemma's scales it)
         offset = ids[virtual] - self.num_embeddings
         soft = fusion(torch.div(offset, fusion.tokens, rounding_mode="floor"))  # [n, tokens, hidden]
         picked = soft[torch.arange(len(offset), device=ids.device), offset % fusion.tokens]
         return out.masked_scatter(virtual.unsqueeze(-1), picked.to(out.dtype))
 
 
+_FUSED: dict[type, type] = {nn.Embedding: FusedEmbedding}
+
+
 def install(model, fusion: ItemFusion | None) -> FusedEmbedding:
-    """Switch the model's input embedding to FusedEmbedding (once) and make `fusion` its active module."""
+    """Switch the model's input embedding to FusedEmbedding (once) and make `fusion` its active module. A
+    subclass of nn.Embedding (Gemma's scaled embedding) gets a FusedEmbedding subclass of itself, so its
+    own forward still does the lookup."""
     emb = model.get_input_embeddings()
-    if type(emb) is nn.Embedding:
-        emb.__class__ = FusedEmbedding
+    kind = type(emb)
     if not isinstance(emb, FusedEmbedding):
-        raise TypeError(f"fusion needs an nn.Embedding input layer, found {type(emb).__name__}")
+        if not issubclass(kind, nn.Embedding):
+            raise TypeError(f"fusion needs an nn.Embedding input layer, found {kind.__name__}")
+        if kind not in _FUSED:
+            _FUSED[kind] = type(f"Fused{kind.__name__}", (FusedEmbedding, kind), {})
+        emb.__class__ = _FUSED[kind]
     if fusion is not None:
         fusion.to(emb.weight.device)
     emb.recpeft_fusion = fusion  # a submodule: its parameters are the model's (trained, checkpointed, DDP-synced)
     return emb
 
 
+@torch.no_grad()
 def embedding_scale(model) -> float:
-    """Root-mean-square of the input embedding's entries."""
-    w = model.get_input_embeddings().weight
-    return float(w.detach().float().pow(2).mean().sqrt())
+    """Root-mean-square of the input embedding's outputs (a model may scale its lookups, as Gemma does)."""
+    emb = model.get_input_embeddings()
+    ids = torch.arange(min(emb.num_embeddings, 8192), device=emb.weight.device)
+    return float(emb(ids).float().pow(2).mean().sqrt())

