@@ -32,6 +32,7 @@ from recpeft.tasks.profiles import PROFILE_SOURCES
 
 BITS = (0, 4, 8, 16, 32)
 LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/training/tracking.py)
+RANKING_LOSSES = ("pointwise", "listwise")  # recpeft/tasks/ranking.py
 
 
 @dataclass
@@ -98,6 +99,12 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                                     "critique naming one of the true item's categories ('The user asks for: more "
                                     "Film-Noir.'), as in a chat session; teaches the adapter to follow critiques.",
                                     range=(0.0, 1.0))
+    ranking_loss: str = setting("pointwise", "Ranking: pointwise (Yes for the true next item, No for one sampled "
+                                "negative, row by row) or listwise (a softmax over each training user's true item "
+                                "and --list-negatives negatives, scored together; --batch-size then counts users).",
+                                choices=RANKING_LOSSES)
+    list_negatives: int = setting(4, "With --ranking-loss listwise: sampled negatives beside each training user's "
+                                  "true item (at most --negatives).", range=(1, 10_000))
     # fusion: item vectors as soft tokens next to each item's title (recpeft/fusion)
     fusion: str = setting("off", "Item signals as soft tokens after each item's title, trained with the adapter: "
                           "off; cf: item factors of a collaborative-filtering model fitted on the training period "
@@ -263,6 +270,13 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
         where = sourced.get("critique_share", (None, None))[1]
         raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)
     check_fusion(cfg, sourced)
+    if cfg.ranking_loss == "listwise" and cfg.task != "ranking":
+        raise UserError(f"ranking_loss listwise trains the ranking task, not {cfg.task}",
+                        sourced.get("ranking_loss", (None, None))[1])
+    if cfg.ranking_loss == "listwise" and cfg.list_negatives > cfg.negatives:
+        raise UserError(f"list_negatives ({cfg.list_negatives}) must be at most negatives ({cfg.negatives}): the "
+                        "listwise negatives are the first of each user's sampled ones",
+                        sourced.get("list_negatives", (None, None))[1])
     from recpeft.training.privacy import check_config as check_privacy
 
     check_privacy(cfg, {key: where for key, (_, where) in sourced.items()})

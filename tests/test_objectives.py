@@ -34,6 +34,8 @@ CASES = {
     "click": ("click", "news", 1, {}),
     "rating": ("rating", "ecommerce", 1, {}),
     "ranking": ("ranking", "ecommerce", 2, {"negatives": 5}),
+    # one group (the true item and 3 negatives, scored together) per sampled example
+    "ranking_listwise": ("ranking", "ecommerce", 1, {"negatives": 5, "ranking_loss": "listwise", "list_negatives": 3}),
     "profile": ("profile", "video", 2, {"negatives": 5, "profile_from": "genres"}),
     # the LM loss spreads over the whole vocabulary: adapt every projection so a few steps show
     "interests": ("interests", "news", 1, {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -253,3 +255,38 @@ def test_cached_ranking_evaluation_equals_the_full_prompt_path(tiny_task_model):
     full = task.evaluate(model, evalset, cached=False).outputs["scores"]
     assert torch.allclose(torch.tensor(cached), torch.tensor(full), atol=1e-4)
     assert len({round(s, 6) for row in cached for s in row}) > 8  # real, distinct scores
+
+
+def test_listwise_loss_is_a_softmax_over_each_users_candidates(tiny_task_model):
+    """Each group (one user's true item first, then its negatives) stays whole in a batch, and the loss is
+    the cross-entropy of the true item under a softmax of the groups' log-odds, computed by hand here."""
+    from recpeft.evaluation.scoring import answer_logits
+    from recpeft.tasks.batches import EncodedGroup, loader
+
+    data, domain = load_sample("ecommerce"), get_domain("ecommerce")
+    model, tok, _ = load_base(str(tiny_task_model))
+    cfg = TrainConfig(negatives=5, ranking_loss="listwise", list_negatives=3, seed=3)
+    task = get_task("ranking", data, domain, tok, cfg)
+    groups = task.train_rows(10)
+    assert len(groups) == 10 and all(isinstance(g, EncodedGroup) and len(g.rows) == 4 for g in groups)
+    assert all([r.label for r in g.rows] == [1, 0, 0, 0] for g in groups)
+    pointwise = get_task("ranking", data, domain, tok, TrainConfig(negatives=5, seed=3))
+    assert [r.input_ids for r in groups[0].rows[:2]] == [r.input_ids for r in pointwise.train_rows(10)[:2]]
+    batch = next(iter(loader(groups, 3, shuffle=True, pad_id=tok.pad_token_id, seed=1)))
+    assert batch["group_size"] == 4 and batch["labels"].view(-1, 4).tolist() == [[1, 0, 0, 0]] * 3
+    with torch.no_grad():
+        logits = answer_logits(model, batch, task.answer_ids)
+        odds = (logits[:, 1] - logits[:, 0]).view(3, 4)
+        by_hand = -(odds[:, 0] - odds.exp().sum(1).log()).mean()
+        assert torch.allclose(task.loss(model, batch), by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, words", [
+    ({"ranking_loss": "listwise"}, "trains the ranking task"),
+    ({"task": "ranking", "ranking_loss": "listwise", "list_negatives": 30}, "at most negatives"),
+])
+def test_listwise_settings_are_checked(flags, words):
+    from recpeft.config import build_config
+
+    with pytest.raises(UserError, match=words):
+        build_config(None, **flags)

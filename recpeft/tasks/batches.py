@@ -24,6 +24,18 @@ class Encoded:
     label: int
 
 
+@dataclass(frozen=True)
+class EncodedGroup:
+    """Rows that train together, in one micro-batch (listwise ranking: one user's candidates, the true item
+    first). Batched like a row whose length is its longest member's; `collate` flattens the groups."""
+
+    rows: tuple[Encoded, ...]
+
+    @property
+    def input_ids(self) -> list[int]:  # what length bucketing and batch sizing read
+        return max((r.input_ids for r in self.rows), key=len)
+
+
 def fit(tokenizer, message: Callable[[int], str], history_len: int, max_length: int, system: str = SYSTEM,
         reserve: int = 0) -> list[int]:
     """Token ids of render(message(n)) for the largest n <= history_len whose prompt fits in
@@ -76,8 +88,14 @@ class LengthBucketSampler:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
-def collate(rows: list[Encoded], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Left-padded batch; the width is rounded up to `multiple` (recpeft.kernels.gpu.pad_multiple: 8 on CUDA)."""
+def collate(rows: list[Encoded] | list[EncodedGroup], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-padded batch; the width is rounded up to `multiple` (recpeft.kernels.gpu.pad_multiple: 8 on CUDA).
+    Groups are flattened in order, and "group_size" says how many rows each holds."""
+    if rows and isinstance(rows[0], EncodedGroup):
+        sizes = {len(g.rows) for g in rows}
+        if len(sizes) != 1:
+            raise ValueError(f"groups of different sizes in one batch: {sorted(sizes)}")
+        return {**collate([r for g in rows for r in g.rows], pad_id, multiple), "group_size": sizes.pop()}
     width = -(-max(len(r.input_ids) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

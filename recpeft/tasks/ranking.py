@@ -15,13 +15,15 @@ from __future__ import annotations
 import random
 
 import torch
+import torch.nn.functional as F
 
 from recpeft.data.schema import Interaction, Item
 from recpeft.evaluation.metrics import ranking_metrics
+from recpeft.evaluation.scoring import answer_logits
 from recpeft.evaluation.sharding import chunks, shared_map
 from recpeft.serving.prefix import SENTINEL, cached_answer_logits_many, split_prompt
 from recpeft.tasks.base import EvalSet, Evaluation
-from recpeft.tasks.batches import Encoded, fit
+from recpeft.tasks.batches import Encoded, EncodedGroup, fit
 from recpeft.tasks.examples import (
     Example,
     RankingExample,
@@ -66,22 +68,41 @@ class RankingTask(PreferenceTask):
     def build_splits(self) -> dict[str, list]:
         return ranking_examples(self.data, negatives=self.cfg.negatives, seed=self.cfg.seed)
 
-    def encode_train(self, examples: list) -> list[Encoded]:
-        if not getattr(self.cfg, "critique_share", 0.0):
-            return super().encode_train([c for ex in examples for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES)])
+    def encode_train(self, examples: list) -> list[Encoded] | list[EncodedGroup]:
+        """Pointwise: the true item's row and TRAIN_NEGATIVES negatives' rows per example. Listwise
+        (--ranking-loss listwise): one group per example, the true item and --list-negatives negatives."""
+        if self.listwise:
+            return [EncodedGroup(tuple(self.candidate_rows(ex, 1 + self.cfg.list_negatives))) for ex in examples]
+        return [row for ex in examples for row in self.candidate_rows(ex, 1 + TRAIN_NEGATIVES)]
+
+    @property
+    def listwise(self) -> bool:
+        return getattr(self.cfg, "ranking_loss", "pointwise") == "listwise"
+
+    def candidate_rows(self, ex: RankingExample, n: int) -> list[Encoded]:
+        """The training rows of ex's first n candidates (true item first), with its critique (--critique-share)."""
+        cands = candidate_examples(ex, n)
+        critique = self.critique(ex) if getattr(self.cfg, "critique_share", 0.0) else None
+        if critique is None:
+            return super().encode_train(cands)
         rows = []
-        for ex in examples:
-            critique = self.critique(ex)
-            for c in candidate_examples(ex, 1 + TRAIN_NEGATIVES):
-                if critique is None:
-                    rows += super().encode_train([c])
-                    continue
-                target = self.data.items[c.target.item_id]
-                ids = fit(self.tok, lambda n, c=c, t=target, q=critique: profile_message(
-                    None, *liked_disliked(self.data, c.history, n), t, self.domain, (q,)),
-                    self.cfg.history_len, self.cfg.max_length)
-                rows.append(Encoded(ids, c.label))
+        for c in cands:
+            target = self.data.items[c.target.item_id]
+            ids = fit(self.tok, lambda n, c=c, t=target, q=critique: profile_message(
+                None, *liked_disliked(self.data, c.history, n), t, self.domain, (q,)),
+                self.cfg.history_len, self.cfg.max_length)
+            rows.append(Encoded(ids, c.label))
         return rows
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pointwise: Yes/No cross-entropy per row. Listwise: softmax cross-entropy over each group's scores
+        (logit Yes - logit No, the log-odds whose order P(Yes) ranks by), the true item first."""
+        size = batch.get("group_size")
+        if not size:
+            return super().loss(model, batch)
+        logits = answer_logits(model, batch, self.answer_ids)
+        scores = (logits[:, -1] - logits[:, 0]).view(-1, int(size))
+        return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
 
     def critique(self, ex: RankingExample) -> str | None:
         """For --critique-share: a critique naming one of the true item's categories, for a seeded share of
