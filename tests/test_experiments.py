@@ -18,6 +18,8 @@ import run as runner  # noqa: E402
     ("ml100k_coldstart", {"learning-curve"}),
     ("ml100k_session", {"learning-curve"}),
     ("sample_fusion", {"learning-curve"}),
+    ("ml100k_fusion", {"learning-curve", "roc"}),
+    ("ml100k_llara", {"learning-curve"}),
 ])
 def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path):
     results = runner.run_experiment(name, tiny=True, sets=[f"model={tiny_task_model}", "threads=1"],
