@@ -268,3 +268,33 @@ def test_a_scaled_embedding_subclass_keeps_its_own_lookup():
     out = emb(torch.tensor([[1, 10 + 1]]))
     assert torch.allclose(out[0, 0], emb.weight[1] * 3.0)
     assert torch.allclose(out[0, 1], fusion(torch.tensor([1]))[0, 0])
+
+
+@pytest.mark.parametrize("method", ["adalora", "adapter"])
+def test_every_method_trains_with_fusion_and_shares_a_base_with_a_plain_adapter(method, tiny_task_model,
+                                                                                  tiny_adapters, tmp_path):
+    """AdaLoRA and the bottleneck Adapter train their projector too; loaded next to a text-only adapter on one
+    base, each scores as it does alone (the fused embedding switches with the adapter)."""
+    import recpeft
+    from recpeft.config import build_config
+    from recpeft.data import load_data
+    from recpeft.training.trainer import train
+
+    cfg = build_config(None, domain="video", model=str(tiny_task_model), task="ranking", method=method,
+                       fusion="cf", fusion_dim=8, max_steps=4, eval_every=4, batch_size=4, eval_samples=4,
+                       test_samples=4, negatives=5, patience=0, threads=1, lr=0.05, init_r=6, target_r=2,
+                       tinit=0, tfinal=1, reduction_factor=4, runs_dir=str(tmp_path / "runs"),
+                       output_dir=str(tmp_path / "out"))
+    result = train(cfg, show_progress=False)
+    assert json.loads((tmp_path / "out" / "recpeft.json").read_text())["fusion"]["source"] == "cf:als"
+    data = load_data("video", None, None)
+    history = [(data.items[i], True) for i in sorted(data.items)[:3]]
+    items = [data.items[i] for i in sorted(data.items)[3:9]]
+    alone = recpeft.load(tmp_path / "out").score(history, items)
+    plain_alone = recpeft.load(tiny_adapters["news"]).score(["a"], ["b", "c"])
+    both = recpeft.load_many({"fused": tmp_path / "out", "plain": tiny_adapters["news"]})
+    for _ in range(2):  # switching back and forth
+        assert both["fused"].score(history, items) == pytest.approx(alone, abs=1e-6)
+        assert both["plain"].score(["a"], ["b", "c"]) == pytest.approx(plain_alone, abs=1e-6)
+    trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert any("recpeft_fusion.projector" in n for n in trained) and any("recpeft_fusion" not in n for n in trained)
