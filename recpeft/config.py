@@ -114,6 +114,9 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                              choices=FUSION_CF_MODELS)
     fusion_dim: int = setting(64, "With --fusion cf: the CF model's factors per item.", range=(2, 1024))
     fusion_tokens: int = setting(1, "Soft tokens per item.", range=(1, 16))
+    fusion_lr_scale: float = setting(1.0, "With --fusion: the projector's learning rate as a multiple of --lr "
+                                     "(its gradients are ~40x LoRA's on the news sample; AdamW moves every weight "
+                                     "at its group's rate).", range=(0.0, 100.0))
     fusion_projector: str = setting("mlp", "Maps an item vector to its soft tokens: linear, or mlp (two layers, "
                                     "GELU).", choices=FUSION_PROJECTORS)
     item_features: str | None = setting(None, "With --fusion file: a .safetensors file (tensor 'vectors', item ids "

@@ -298,3 +298,20 @@ def test_every_method_trains_with_fusion_and_shares_a_base_with_a_plain_adapter(
         assert both["plain"].score(["a"], ["b", "c"]) == pytest.approx(plain_alone, abs=1e-6)
     trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
     assert any("recpeft_fusion.projector" in n for n in trained) and any("recpeft_fusion" not in n for n in trained)
+
+
+def test_the_projector_learns_at_its_own_rate():
+    """--fusion-lr-scale: the fusion parameters get lr x scale in groups of their own; without fusion the
+    optimiser is the one it always was (matrices decayed, vectors not, one lr)."""
+    from recpeft.config import TrainConfig
+    from recpeft.training.setup import make_optimizer
+
+    lora = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+    proj = [torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))]
+    cfg = TrainConfig(lr=1e-3, fusion_lr_scale=0.1, weight_decay=0.01)
+    groups = make_optimizer(lora + proj, cfg, proj).param_groups
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_id[id(lora[0])] == (1e-3, 0.01) and by_id[id(lora[1])] == (1e-3, 0.0)
+    assert by_id[id(proj[0])] == pytest.approx((1e-4, 0.01)) and by_id[id(proj[1])] == pytest.approx((1e-4, 0.0))
+    plain = make_optimizer(lora, cfg).param_groups
+    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in plain] == [(1, 1e-3, 0.01), (1, 1e-3, 0.0)]

@@ -44,12 +44,18 @@ def enable_gradient_checkpointing(model) -> None:
     model.enable_input_require_grads()
 
 
-def make_optimizer(trainable: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases and norms keep theirs at zero)."""
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+def make_optimizer(trainable: list[torch.nn.Parameter], cfg: TrainConfig,
+                   fusion: list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases and norms keep theirs at zero). `fusion`: the fusion
+    projector's parameters, at --lr x --fusion-lr-scale (groups of their own; none without --fusion)."""
+    own = {id(p) for p in fusion}
+    groups = []
+    for params, lr in (([p for p in trainable if id(p) not in own], cfg.lr),
+                       ([p for p in trainable if id(p) in own], cfg.lr * cfg.fusion_lr_scale)):
+        if params:
+            groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):

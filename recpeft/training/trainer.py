@@ -160,7 +160,7 @@ class Run:
 
     def prepare(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
-        optimizer = make_optimizer(self.trainable, cfg)
+        optimizer = make_optimizer(self.trainable, cfg, list(self.fusion.module.parameters()) if self.fusion else [])
         # opacus: per-example clipping and noise, Poisson-sampled batches (recpeft/training/privacy.py)
         if self.privacy:
             optimizer, self.train_loader, self.sampler = self.privacy.attach(self, optimizer)
