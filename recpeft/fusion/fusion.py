@@ -99,7 +99,9 @@ class Fusion:
         except (SafetensorError, OSError) as exc:
             raise UserError(f"cannot read the adapter's fusion weights: {exc}", str(path)) from None
         if record.get("features") is None:
-            ids = json.loads(meta.get("item_ids", "[]"))
+            if "table" not in tensors or "item_ids" not in meta:
+                raise UserError("the fusion weights lack the item table of a cf adapter", str(path))
+            ids = json.loads(meta["item_ids"])
             vectors = ItemVectors(ids, tensors.pop("table"), record["source"], record["fingerprint"])
             features = None
         else:
@@ -109,7 +111,10 @@ class Fusion:
                 raise UserError(f"this adapter was trained with other item features (fingerprint "
                                 f"{record['fingerprint']}, this file's is {vectors.fingerprint})", features)
         fusion = cls(vectors, int(record["tokens"]), record["projector"], features)
-        hidden = tensors["projector.weight" if fusion.projector == "linear" else "projector.2.weight"].shape[0]
+        out = "projector.weight" if fusion.projector == "linear" else "projector.2.weight"
+        if out not in tensors:
+            raise UserError(f"the fusion weights lack '{out}' (a {fusion.projector} projector)", str(path))
+        hidden = tensors[out].shape[0]
         fusion.module = ItemFusion(vectors.vectors, hidden // fusion.tokens, fusion.tokens, fusion.projector)
         missing, unexpected = fusion.module.load_state_dict(tensors, strict=False)
         if missing or unexpected:
