@@ -304,14 +304,28 @@ def test_the_projector_learns_at_its_own_rate():
     """--fusion-lr-scale: the fusion parameters get lr x scale in groups of their own; without fusion the
     optimiser is the one it always was (matrices decayed, vectors not, one lr)."""
     from recpeft.config import TrainConfig
-    from recpeft.training.setup import make_optimizer
+    from recpeft.training.setup import make_optimizer, split_fusion
 
     lora = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
     proj = [torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))]
     cfg = TrainConfig(lr=1e-3, fusion_lr_scale=0.1, weight_decay=0.01)
-    groups = make_optimizer(lora + proj, cfg, proj).param_groups
+    groups = make_optimizer(split_fusion(lora + proj, proj), cfg).param_groups
     by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert by_id[id(lora[0])] == (1e-3, 0.01) and by_id[id(lora[1])] == (1e-3, 0.0)
     assert by_id[id(proj[0])] == pytest.approx((1e-4, 0.01)) and by_id[id(proj[1])] == pytest.approx((1e-4, 0.0))
-    plain = make_optimizer(lora, cfg).param_groups
+    plain = make_optimizer(split_fusion(lora), cfg).param_groups
     assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in plain] == [(1, 1e-3, 0.01), (1, 1e-3, 0.0)]
+
+
+def test_the_projector_and_the_adapter_are_clipped_apart():
+    """--max-grad-norm clips each group on its own: a projector gradient 60x the adapter's must not shrink the
+    adapter's step (one joint norm did, and fusion then trained little more than the projector)."""
+    from accelerate import Accelerator
+
+    from recpeft.training.setup import clip_gradients, split_fusion
+
+    lora, proj = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    lora.grad, proj.grad = torch.full((4,), 0.25), torch.full((4,), 15.0)  # norms 0.5 and 30
+    norms = clip_gradients(Accelerator(cpu=True), split_fusion([lora, proj], [proj]), 1.0)
+    assert norms == pytest.approx([0.5, 30.0])
+    assert lora.grad.norm().item() == pytest.approx(0.5) and proj.grad.norm().item() == pytest.approx(1.0, rel=1e-5)

@@ -44,18 +44,31 @@ def enable_gradient_checkpointing(model) -> None:
     model.enable_input_require_grads()
 
 
-def make_optimizer(trainable: list[torch.nn.Parameter], cfg: TrainConfig,
-                   fusion: list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases and norms keep theirs at zero). `fusion`: the fusion
-    projector's parameters, at --lr x --fusion-lr-scale (groups of their own; none without --fusion)."""
+def split_fusion(trainable: list[torch.nn.Parameter],
+                 fusion: list[torch.nn.Parameter] = ()) -> list[list[torch.nn.Parameter]]:
+    """The trainable parameters as [adapter] or, with --fusion, [adapter, fusion projector]: the groups that
+    get learning rates and gradient clipping of their own."""
     own = {id(p) for p in fusion}
-    groups = []
-    for params, lr in (([p for p in trainable if id(p) not in own], cfg.lr),
-                       ([p for p in trainable if id(p) in own], cfg.lr * cfg.fusion_lr_scale)):
-        if params:
-            groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
-                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    groups = [[p for p in trainable if id(p) not in own], [p for p in trainable if id(p) in own]]
+    return [g for g in groups if g]
+
+
+def make_optimizer(groups: list[list[torch.nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over split_fusion's groups; weight decay on matrices only (biases and norms keep theirs at
+    zero). The fusion projector (second group) runs at --lr x --fusion-lr-scale."""
+    param_groups = []
+    for params, lr in zip(groups, (cfg.lr, cfg.lr * cfg.fusion_lr_scale)):
+        param_groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def clip_gradients(accelerator, groups: list[list[torch.nn.Parameter]], max_norm: float) -> list[float]:
+    """Clip each of split_fusion's groups to `max_norm` on its own and return their norms before clipping.
+    One joint norm would let the projector's gradients (~40x LoRA's on the sample: experiments/fusion_grads.py)
+    set the clip factor and all but freeze the adapter. Twice through accelerate is safe: recpeft runs bf16
+    or fp32, never fp16, so there is no GradScaler to unscale twice."""
+    return [float(accelerator.clip_grad_norm_(params, max_norm)) for params in groups]
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):

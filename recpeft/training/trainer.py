@@ -41,7 +41,14 @@ from recpeft.training import checkpoint as ckpts
 from recpeft.training import events, setup, summary, tracking
 from recpeft.training import privacy as dp
 from recpeft.training.progress import Progress, TrainResult
-from recpeft.training.setup import enable_gradient_checkpointing, make_accelerator, make_optimizer, make_scheduler
+from recpeft.training.setup import (
+    clip_gradients,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    split_fusion,
+)
 
 __all__ = ["Progress", "Run", "TrainResult", "train"]
 
@@ -135,6 +142,7 @@ class Run:
             self.fusion.attach(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in self.trainable)
+        self.param_groups = split_fusion(self.trainable, list(self.fusion.module.parameters()) if self.fusion else [])
         self.n_total = sum(p.numel() for p in self.model.parameters())
         self.step_seconds: list[float] = []
         self.eval_seconds, self.eval_units = 0.0, 0  # evaluation wall time; units this process scored
@@ -160,7 +168,7 @@ class Run:
 
     def prepare(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
-        optimizer = make_optimizer(self.trainable, cfg, list(self.fusion.module.parameters()) if self.fusion else [])
+        optimizer = make_optimizer(self.param_groups, cfg)
         # opacus: per-example clipping and noise, Poisson-sampled batches (recpeft/training/privacy.py)
         if self.privacy:
             optimizer, self.train_loader, self.sampler = self.privacy.attach(self, optimizer)
@@ -288,7 +296,7 @@ class Run:
                 loss = loss + extra
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm > 0 and not self.privacy:  # opacus clips
-                accelerator.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                clip_gradients(accelerator, self.param_groups, cfg.max_grad_norm)
             self.optimizer.step()
             if accelerator.sync_gradients:
                 self.scheduler.step()
