@@ -59,11 +59,17 @@ def data_args(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path | None = None,
                    adapters: Path | None = None, data_path: str | None = None,
-                   resume: bool = False) -> dict[str, Any]:
+                   resume: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     from recpeft.evaluation.evaluate import evaluate
     from recpeft.training.trainer import train
 
     spec = load_spec(name, tiny, sets or [])
+    unknown = sorted(set(only or []) - {r["name"] for r in spec["runs"]})
+    if unknown:
+        from recpeft.errors import UserError
+
+        raise UserError(f"--only: no run {', '.join(unknown)} in {name}; runs: "
+                        f"{', '.join(r['name'] for r in spec['runs'])}", str(ROOT / "experiments" / f"{name}.yaml"))
     out = out or ROOT / "experiments" / "results" / ("tiny" if tiny else "")
     adapters = adapters or ROOT / "adapters" / "experiments" / name
     data = data_args(spec)
@@ -91,6 +97,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
             results["runs"].append(done[run_name])
             outputs[run_name] = done[run_name]["outputs"]
             print(f"[experiments] {name}/{run_name}: kept from the previous results (--resume)", flush=True)
+            continue
+        if only and run_name not in only:
             continue
         start = time.time()
         if zero_shot:
@@ -128,7 +136,7 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         write_json_atomic(out / f"{name}.json", results)
     if spec.get("baselines"):
         results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
-        results["complete"] = True
+        results["complete"] = len(results["runs"]) == len(spec["runs"])
         write_json_atomic(out / f"{name}.json", results)
     if "privacy_utility" in spec.get("plots", []):
         results["privacy_utility"] = privacy_utility(results)
@@ -337,9 +345,12 @@ def exit_on_user_error(fn, *args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = experiment_parser(__doc__, "keep the runs already in the results JSON (same settings), run the rest")
     parser.add_argument("--data", help="data path instead of the YAML's (e.g. /work/shared/data/ml-100k)")
+    parser.add_argument("--only", action="append", default=[], metavar="RUN",
+                        help="run only this run of the YAML (repeatable; with --resume the finished ones are kept); "
+                             "the JSON says complete: false until every run is in")
     args = parser.parse_args(argv)
     exit_on_user_error(run_experiment, args.name, args.tiny, args.sets, args.out, args.adapters, args.data,
-                       args.resume)
+                       args.resume, args.only)
 
 
 if __name__ == "__main__":

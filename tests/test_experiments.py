@@ -79,6 +79,22 @@ def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path,
     assert "settings changed" in printed and "kept from the previous results" not in printed
 
 
+def test_only_runs_the_named_runs_and_the_baselines_and_stays_incomplete(tiny_task_model, tmp_path, capsys):
+    sets = [f"model={tiny_task_model}", "threads=1"]
+    kw = {"tiny": True, "sets": sets, "out": tmp_path / "r", "adapters": tmp_path / "a"}
+    part = runner.run_experiment("ml100k_fusion", only=["cf-seed42"], **kw)
+    assert [r["name"] for r in part["runs"]] == ["cf-seed42"] and part["runs"][0]["overrides"]["fusion"] == "cf"
+    assert set(part["baselines"]["0"]) == {"popularity", "sasrec"} and part["complete"] is False
+    full = runner.run_experiment("ml100k_fusion", resume=True, **kw)  # adds the rest, keeps cf-seed42
+    assert [r["name"] for r in full["runs"]] == ["text-seed42", "cf-seed42"] and full["complete"] is True
+    assert full["runs"][1] == part["runs"][0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["ml100k_fusion", "--tiny", "--only", "cf-seed99", "--out", str(tmp_path / "r2")])
+    assert exit_.value.code == 2 and not (tmp_path / "r2").exists()
+    assert "--only: no run cf-seed99 in ml100k_fusion; runs: text-seed42, cf-seed42" in capsys.readouterr().err
+
+
 def test_a_bad_baselines_section_fails_before_any_run(tmp_path, monkeypatch, capsys):
     spec = runner.load_spec("ml100k_preference_shots", True, [])
     spec["baselines"] = {"models": ["bpr"]}  # bpr ranks only

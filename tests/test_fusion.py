@@ -319,7 +319,7 @@ def test_the_projector_learns_at_its_own_rate():
 
 def test_the_projector_and_the_adapter_are_clipped_apart():
     """--max-grad-norm clips each group on its own: a projector gradient 60x the adapter's must not shrink the
-    adapter's step (one joint norm did, and fusion then trained little more than the projector)."""
+    adapter's gradient (one joint norm would)."""
     from accelerate import Accelerator
 
     from recpeft.training.setup import clip_gradients, split_fusion

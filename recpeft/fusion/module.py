@@ -11,6 +11,8 @@ model: the projector itself is torch's Linear / MLP.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -23,7 +25,13 @@ class ItemFusion(nn.Module):
         super().__init__()
         dim = vectors.shape[1]
         self.tokens, self.hidden = tokens, hidden
-        self.register_buffer("table", vectors.float().clone(), persistent=False)
+        table = vectors.float()
+        # Standardised per dimension: ALS factors are ~0.1 and feature files anything, and the projector should
+        # see inputs of unit scale whatever the source. The statistics come from the table itself, so a loaded
+        # adapter recomputes exactly what training used.
+        if len(table) > 1:
+            table = (table - table.mean(0)) / table.std(0, unbiased=False).clamp_min(1e-6)
+        self.register_buffer("table", table, persistent=False)
         self.unknown = nn.Parameter(torch.zeros(dim))
         out = tokens * hidden
         self.projector = (nn.Linear(dim, out) if projector == "linear" else
@@ -34,6 +42,10 @@ class ItemFusion(nn.Module):
         last = self.projector if projector == "linear" else self.projector[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+        # Adam moves every weight by about lr a step, so the output moves by ~lr x fan-in: with the MLP's 576
+        # inputs the soft token outgrew a word embedding within a few steps and the run fell below text only
+        # (sample_fusion, before). The 1/sqrt(fan-in) readout multiplier slows that to ~1% of a word a step.
+        self.readout = 1.0 / math.sqrt(last.in_features)
         # the base model's own embedding scale, so a trained projector's tokens live where word embeddings do
         self.register_buffer("scale", torch.tensor(float(scale)))
 
@@ -43,7 +55,7 @@ class ItemFusion(nn.Module):
         x = self.unknown.expand(len(rows), -1).clone()
         if known.any():
             x[known] = self.table[rows[known] - 1].to(x.dtype)
-        return (self.projector(x) * self.scale).view(len(rows), self.tokens, self.hidden)
+        return (self.projector(x) * (self.scale * self.readout)).view(len(rows), self.tokens, self.hidden)
 
 
 class FusedEmbedding(nn.Embedding):
