@@ -67,6 +67,24 @@ def test_fused_embedding_places_projected_vectors_and_trains_only_the_projector(
     assert torch.equal(emb(torch.tensor([[1, 2]])), emb.weight[[1, 2]].unsqueeze(0))  # no item: a plain lookup
 
 
+@pytest.mark.parametrize("projector", ["mlp", "linear"])
+def test_the_soft_token_grows_slowly_whatever_the_vectors_scale(projector):
+    """The table is standardised per dimension, and one Adam step at lr 1e-3 moves the zero-initialised token by
+    about a percent of a word embedding (scale 1), not by ~lr x fan-in (0.3 with the MLP's 576 inputs)."""
+    from recpeft.fusion.module import ItemFusion
+
+    torch.manual_seed(0)
+    for spread in (0.05, 50.0):  # ALS-sized factors and an unnormalised feature file
+        fusion = ItemFusion(spread * torch.randn(40, 16) + 3.0, hidden=576, projector=projector, scale=1.0)
+        assert fusion.table.mean(0).abs().max() < 1e-4 and (fusion.table.std(0, unbiased=False) - 1).abs().max() < 1e-4
+        opt = torch.optim.Adam(fusion.parameters(), lr=1e-3)
+        rows = torch.arange(1, 41)
+        (fusion(rows) * torch.randn(576)).sum().backward()
+        opt.step()
+        rms = fusion(rows).pow(2).mean().sqrt().item()
+        assert 1e-4 < rms < 0.03, (spread, rms)
+
+
 def test_collaborative_vectors_come_from_the_training_period_only(tmp_path):
     from recpeft.data import load_data
     from recpeft.fusion.vectors import collaborative
