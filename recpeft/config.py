@@ -66,8 +66,9 @@ class RunSettings:
     lr: float = setting(1e-3, "Peak learning rate (AdamW, linear warm-up, cosine decay).", range=(0.0, 1.0))
     weight_decay: float = setting(0.01, "AdamW weight decay on matrices.", range=(0.0, 1.0))
     warmup_ratio: float = setting(0.1, "Fraction of steps spent warming up.", range=(0.0, 1.0))
-    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this before each optimiser step; 0 = no "
-                                   "clipping (with --dp-epsilon, --dp-max-grad-norm clips instead).", range=(0.0, None))
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this before each optimiser step (with --fusion, "
+                                   "the adapter's and the projector's apart); 0 = no clipping (with --dp-epsilon, "
+                                   "--dp-max-grad-norm clips instead).", range=(0.0, None))
     seed: int = setting(42, "Random seed (data order, subsets, initialisation).", range=(0, 2**32 - 1))
 
 
