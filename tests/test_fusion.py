@@ -16,7 +16,9 @@ from recpeft.errors import UserError
 
 @pytest.fixture(scope="module")
 def fused_run(tiny_task_model, tmp_path_factory):
-    """A 4-step ranking run with --fusion cf on the embedded video sample: (TrainResult, adapter folder)."""
+    """A 4-step ranking run with --fusion cf on the embedded video sample: (TrainResult, adapter folder). On its
+    4 validation users the untrained adapter scores best, so the saved projector is the zero-initialised one:
+    tests that need item vectors to matter give it weights."""
     from recpeft.config import build_config
     from recpeft.training.trainer import train
 
@@ -145,6 +147,7 @@ def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
     own test evaluation gave, for the same users and candidates."""
     import recpeft
     from recpeft.data import load_data
+    from recpeft.data.schema import Item
     from recpeft.tasks.examples import ranking_examples, subsample
 
     result, folder = fused_run
@@ -160,11 +163,15 @@ def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
         history = [(data.items[x.item_id], x.liked) for x in ex.history]
         got = rec.score(history, [data.items[c] for c in ex.candidates])
         assert got == pytest.approx(want, abs=1e-5)
-    # the item vectors matter: the same titles without their ids get the unknown vector instead
+    # the item vectors matter: with a non-zero projector (on 4 validation examples the saved adapter may be the
+    # untrained one), the same titles and categories without their ids get the unknown vector instead
+    torch.manual_seed(0)
+    torch.nn.init.normal_(rec.fusion.module.projector[-1].weight)
     ex = examples[0]
-    bare = [data.items[c].title for c in ex.candidates]
     history = [(data.items[x.item_id], x.liked) for x in ex.history]
-    assert rec.score(history, bare) != pytest.approx(result.test_outputs["scores"][0], abs=1e-4)
+    cands = [data.items[c] for c in ex.candidates]
+    bare = [Item(c.title, c.title, c.category) for c in cands]
+    assert rec.score(history, bare) != pytest.approx(rec.score(history, cands), abs=1e-4)
     # plain peft loading still works for the LoRA part
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -231,12 +238,19 @@ def test_resume_continues_the_projector_exactly(tiny_model, small_news, tmp_path
     first = {f: load_file(str(tmp_path / "out" / f)) for f in files}
     assert any(k.startswith("projector") for k in first["fusion.safetensors"])
     (run,) = (tmp_path / "runs" / "news").iterdir()
+    # the last iterate too (the saved adapter is the best step, which may be the untrained one on 8 pairs)
+    last = load_file(str(run / "checkpoint-12" / "weights.safetensors"))
+    out_layer = [k for k in last if "recpeft_fusion.projector.2.weight" in k]
+    assert out_layer and last[out_layer[0]].abs().sum() > 0  # the zero-initialised output layer was trained
     train(build_config(**values, resume=str(run / "checkpoint-8")), show_progress=False)
     for f in files:
         again = load_file(str(tmp_path / "out" / f))
         assert set(again) == set(first[f])
         for k in again:
             torch.testing.assert_close(again[k], first[f][k], atol=1e-6, rtol=0, msg=k)
+    again = load_file(str(run / "checkpoint-12" / "weights.safetensors"))
+    for k in last:
+        torch.testing.assert_close(again[k], last[k], atol=1e-6, rtol=0, msg=k)
 
 
 def test_embedded_sample_modality_is_the_default_feature_file_and_errors_are_clean(tmp_path):
@@ -347,3 +361,33 @@ def test_the_projector_and_the_adapter_are_clipped_apart():
     norms = clip_gradients(Accelerator(cpu=True), split_fusion([lora, proj], [proj]), 1.0)
     assert norms == pytest.approx([0.5, 30.0])
     assert lora.grad.norm().item() == pytest.approx(0.5) and proj.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_http_api_serves_a_fusion_adapter_by_item_id(fused_run):
+    """`recpeft serve`: items sent with their item_id get their vectors, and the scores are the Python API's."""
+    from fastapi.testclient import TestClient
+
+    import recpeft
+    from recpeft.data import load_data
+    from recpeft.serving.http import create_app
+
+    _, folder = fused_run
+    data = load_data("video", None, None)
+    items = list(data.items.values())
+    history, candidates = items[:3], items[3:9]
+    body = lambda with_ids: {  # noqa: E731
+        "domain": "video",
+        "history": [{"title": i.title, "category": i.category, **({"item_id": i.item_id} if with_ids else {})}
+                    for i in history],
+        "items": [{"title": i.title, "category": i.category, **({"item_id": i.item_id} if with_ids else {})}
+                  for i in candidates]}
+    recs = recpeft.load_many({"video": folder})
+    torch.manual_seed(0)  # a non-zero projector (the saved adapter may be the untrained one), so ids matter
+    torch.nn.init.normal_(recs["video"].fusion.module.projector[-1].weight)
+    with TestClient(create_app(recs)) as client:
+        r = client.post("/v1/score", json=body(True))
+        assert r.status_code == 200, r.text
+        want = recs["video"].score(history, candidates)
+        assert r.json()["scores"] == pytest.approx(want, abs=1e-6)
+        bare = client.post("/v1/score", json=body(False)).json()["scores"]  # titles only: the unknown vector
+    assert bare != pytest.approx(want, abs=1e-4)
