@@ -63,13 +63,14 @@ def make_optimizer(groups: list[list[torch.nn.Parameter]], cfg: TrainConfig) -> 
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def clip_gradients(accelerator, groups: list[list[torch.nn.Parameter]], max_norm: float) -> list[float]:
-    """Clip each of split_fusion's groups to `max_norm` on its own and return their norms before clipping.
+def clip_gradients(accelerator, groups: list[list[torch.nn.Parameter]], max_norm: float) -> list[torch.Tensor]:
+    """Clip each of split_fusion's groups to `max_norm` on its own and return their norms before clipping (as
+    tensors: reading them would make every training step wait for the GPU).
     The projector's gradients are ~40x LoRA's (experiments/fusion_grads.py): under one joint norm they alone
     would set each step's clip factor, so a spike in the projector's gradient would shrink that step's adapter
     gradient too (Adam's normalisation then reweights that step against the others). Twice through accelerate
     is safe: recpeft runs bf16 or fp32, never fp16, so there is no GradScaler to unscale twice."""
-    return [float(accelerator.clip_grad_norm_(params, max_norm)) for params in groups]
+    return [accelerator.clip_grad_norm_(params, max_norm) for params in groups]
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
