@@ -25,7 +25,7 @@ class ItemFusion(nn.Module):
         super().__init__()
         dim = vectors.shape[1]
         self.tokens, self.hidden = tokens, hidden
-        table = vectors.float()
+        table = vectors.float().clone()  # a copy: a one-row table stays as given, not aliased
         # Standardised per dimension: ALS factors are ~0.1 and feature files anything, and the projector should
         # see inputs of unit scale whatever the source. The statistics come from the table itself, so a loaded
         # adapter recomputes exactly what training used.
