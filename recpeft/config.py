@@ -23,6 +23,7 @@ from recpeft.data.rows import ON_BAD_ROWS
 from recpeft.domains import DOMAINS
 from recpeft.errors import UserError, did_you_mean
 from recpeft.fusion import CF_MODELS as FUSION_CF_MODELS
+from recpeft.fusion import CONTEXTS as FUSION_CONTEXTS
 from recpeft.fusion import PROJECTORS as FUSION_PROJECTORS
 from recpeft.fusion import SOURCES as FUSION_SOURCES
 from recpeft.methods import METHODS
@@ -120,6 +121,9 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                                      "at its group's rate).", range=(0.0, 100.0))
     fusion_projector: str = setting("mlp", "Maps an item vector to its soft tokens: linear, or mlp (two layers, "
                                     "GELU).", choices=FUSION_PROJECTORS)
+    fusion_context: str = setting("none", "With --fusion: history also gives each item's projector the mean vector of "
+                                  "the items before it in the prompt, so the target's token carries how it matches "
+                                  "the user's history; none: each item's vector alone.", choices=FUSION_CONTEXTS)
     item_features: str | None = setting(None, "With --fusion file: a .safetensors file (tensor 'vectors', item ids "
                                         "as a JSON list in metadata 'item_ids') or a .npz ('item_ids', 'vectors'); "
                                         "'sample': the embedded sample's synthetic second modality.",

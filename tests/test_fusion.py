@@ -16,16 +16,17 @@ from recpeft.errors import UserError
 
 @pytest.fixture(scope="module")
 def fused_run(tiny_task_model, tmp_path_factory):
-    """A 4-step ranking run with --fusion cf on the embedded video sample: (TrainResult, adapter folder). On its
-    4 validation users the untrained adapter scores best, so the saved projector is the zero-initialised one:
-    tests that need item vectors to matter give it weights."""
+    """A 4-step ranking run with --fusion cf --fusion-context history on the embedded video sample: (TrainResult,
+    adapter folder). On its 4 validation users the untrained adapter scores best, so the saved projector is the
+    zero-initialised one: tests that need item vectors to matter give it weights."""
     from recpeft.config import build_config
     from recpeft.training.trainer import train
 
     work = tmp_path_factory.mktemp("fused")
     cfg = build_config(None, domain="video", model=str(tiny_task_model), task="ranking", fusion="cf", fusion_dim=8,
-                       max_steps=4, eval_every=2, batch_size=4, eval_samples=4, test_samples=4, negatives=5,
-                       patience=0, threads=1, lr=0.05, runs_dir=str(work / "runs"), output_dir=str(work / "out"))
+                       fusion_context="history", max_steps=4, eval_every=2, batch_size=4, eval_samples=4,
+                       test_samples=4, negatives=5, patience=0, threads=1, lr=0.05, runs_dir=str(work / "runs"),
+                       output_dir=str(work / "out"))
     return train(cfg, show_progress=False), work / "out"
 
 
@@ -153,6 +154,7 @@ def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
     result, folder = fused_run
     meta = json.loads((folder / "recpeft.json").read_text())
     assert meta["fusion"]["source"] == "cf:als" and meta["fusion"]["dim"] == 8
+    assert meta["fusion"]["context"] == "history"
     assert (folder / "fusion.safetensors").is_file()
     assert "## Item fusion" in (folder / "README.md").read_text()
     rec = recpeft.load(folder)
@@ -391,3 +393,69 @@ def test_http_api_serves_a_fusion_adapter_by_item_id(fused_run):
         assert r.json()["scores"] == pytest.approx(want, abs=1e-6)
         bare = client.post("/v1/score", json=body(False)).json()["scores"]  # titles only: the unknown vector
     assert bare != pytest.approx(want, abs=1e-4)
+
+
+def test_history_context_is_the_mean_of_the_items_before():
+    """--fusion-context history: each item's tokens read the mean vector of the items that start before it in the
+    sequence (an unknown item counts with the learned unknown vector), whatever its number of tokens."""
+    from recpeft.fusion.module import ItemFusion
+
+    torch.manual_seed(0)
+    fusion = ItemFusion(torch.randn(5, 3), hidden=4, tokens=2, projector="linear", context="history")
+    torch.nn.init.normal_(fusion.unknown)
+    # a real token, item row 1 (tokens 0 and 1), a real token, the unknown item, item row 4
+    offsets = torch.tensor([[-1, 2, 3, -1, 0, 1, 8, 9]])
+    h = fusion.history(offsets)[0]
+    v1, unknown, _ = fusion.vectors(torch.tensor([1, 0, 4]))
+    assert torch.equal(h[1], torch.zeros(3)) and torch.equal(h[2], torch.zeros(3))
+    assert torch.allclose(h[4], v1) and torch.allclose(h[5], v1)
+    assert torch.allclose(h[6], (v1 + unknown) / 2) and torch.allclose(h[7], (v1 + unknown) / 2)
+    # the projector reads [v, v * h]: the same item after another history gets another token
+    assert fusion.projector.in_features == 6
+    torch.nn.init.normal_(fusion.projector.weight)
+    item = torch.tensor([4])
+    assert not torch.allclose(fusion(item, h[4:5]), fusion(item, h[6:7]))
+    assert torch.allclose(fusion(item), fusion(item, torch.zeros(1, 3)))
+    # how loud the tokens are against a word embedding: zero untrained, the tokens' RMS / the embedding RMS after
+    fresh = ItemFusion(torch.randn(5, 3), hidden=4, tokens=2, projector="linear", context="history", scale=2.0)
+    assert fresh.token_scale() == 0.0
+    torch.nn.init.normal_(fresh.projector.weight)
+    rows = torch.arange(1, 6)
+    want = fresh(rows, fresh.vectors(rows.roll(1))).detach().pow(2).mean().sqrt() / 2.0
+    assert fresh.token_scale() == pytest.approx(float(want), rel=1e-5) and want > 0
+
+
+def test_cached_prefix_gives_fusion_its_history_context(tiny_model, monkeypatch):
+    """Scored through a cached prefix, the target's token still sees the prefix's items: the scores equal a full
+    forward of prefix + suffix, and differ without the prefix's context."""
+    import contextlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import recpeft.serving.prefix
+    from recpeft.fusion.module import ItemFusion, install
+    from recpeft.fusion.tokens import MARKER, FusionTokenizer
+    from recpeft.serving.prefix import cached_answer_logits, naive_answer_logits
+    from recpeft.tasks.prompts import answer_token_ids
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    base = AutoTokenizer.from_pretrained(tiny_model)
+    emb = model.get_input_embeddings()
+    fusion = ItemFusion(torch.randn(6, 4), emb.embedding_dim, tokens=2, context="history", scale=1.0)
+    torch.nn.init.normal_(fusion.projector[-1].weight, std=3.0)
+    install(model, fusion)
+    tok = FusionTokenizer(base, emb.num_embeddings, 2)
+    prefix = tok("the user liked a" + MARKER.format(3) + " film about" + MARKER.format(5),
+                 add_special_tokens=False)["input_ids"]
+    suffixes = [tok(t, add_special_tokens=False)["input_ids"]
+                for t in ("news" + MARKER.format(1), "a b" + MARKER.format(2) + " story", "yes")]
+    answers = answer_token_ids(base)
+    cached = cached_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
+    with torch.no_grad():
+        naive = naive_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
+    assert torch.allclose(cached, naive, atol=1e-4)
+    monkeypatch.setattr(recpeft.serving.prefix, "prefix_context", lambda model, ids: contextlib.nullcontext())
+    blind = cached_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
+    assert not torch.allclose(blind[:2], naive[:2], atol=1e-3)
+    assert torch.allclose(blind[2], naive[2], atol=1e-4)  # the suffix without an item needs no context

@@ -15,5 +15,6 @@ item tokens.
 SOURCES = ("off", "cf", "file")
 CF_MODELS = ("als", "bpr")  # recpeft/fusion/vectors.py
 PROJECTORS = ("linear", "mlp")  # recpeft/fusion/module.py
+CONTEXTS = ("history", "none")  # recpeft/fusion/module.py
 FILE = "fusion.safetensors"
 SAMPLE_FEATURES = "sample"  # --item-features sample: the embedded sample's features.npz

@@ -21,6 +21,7 @@ class Fusion:
     vectors: ItemVectors
     tokens: int = 1
     projector: str = "mlp"
+    context: str = "none"  # "history": each item's token also reads the mean of the items before it
     features: str | None = None  # the feature file (source "file"); cf vectors are saved in the adapter
     module: ItemFusion | None = None
     rows: dict[str, int] = field(init=False)
@@ -35,9 +36,10 @@ class Fusion:
             return None
         if cfg.fusion == "cf":
             vectors = collaborative(data, cfg.task, cfg.fusion_cf, cfg.fusion_dim, cfg.seed)
-            return cls(vectors, cfg.fusion_tokens, cfg.fusion_projector)
+            return cls(vectors, cfg.fusion_tokens, cfg.fusion_projector, cfg.fusion_context)
         features = features_path(cfg)
-        fusion = cls(from_file(features), cfg.fusion_tokens, cfg.fusion_projector, str(features.resolve()))
+        fusion = cls(from_file(features), cfg.fusion_tokens, cfg.fusion_projector, cfg.fusion_context,
+                     str(features.resolve()))
         if not any(i in fusion.rows for i in data.items):
             raise UserError(f"none of the {len(data.items)} items of data '{data.name}' has a vector in the feature "
                             "file (item ids must match)", str(features))
@@ -61,7 +63,7 @@ class Fusion:
         if self.module is None:
             emb = model.get_input_embeddings()
             self.module = ItemFusion(self.vectors.vectors, emb.embedding_dim, self.tokens, self.projector,
-                                     embedding_scale(model))
+                                     embedding_scale(model), self.context)
         for p in self.module.parameters():
             p.requires_grad_(trainable)
         install(model, self.module)
@@ -70,9 +72,10 @@ class Fusion:
     def record(self) -> dict:
         """What recpeft.json says of it."""
         return {"file": FILE, "source": self.vectors.source, "dim": self.vectors.dim, "items": len(self.vectors.ids),
-                "tokens": self.tokens, "projector": self.projector, "fingerprint": self.vectors.fingerprint,
-                "features": self.features,
-                "trainable_parameters": sum(p.numel() for p in self.module.parameters()) if self.module else None}
+                "tokens": self.tokens, "projector": self.projector, "context": self.context,
+                "fingerprint": self.vectors.fingerprint, "features": self.features,
+                "trainable_parameters": sum(p.numel() for p in self.module.parameters()) if self.module else None,
+                "token_scale": round(self.module.token_scale(), 5) if self.module else None}
 
     def save(self, folder: Path) -> None:
         """fusion.safetensors: the projector and unknown vector; cf vectors and their ids too (a feature file's
@@ -110,12 +113,14 @@ class Fusion:
             if vectors.fingerprint != record["fingerprint"]:
                 raise UserError(f"this adapter was trained with other item features (fingerprint "
                                 f"{record['fingerprint']}, this file's is {vectors.fingerprint})", features)
-        fusion = cls(vectors, int(record["tokens"]), record["projector"], features)
+        # "context" is absent from the records of adapters saved before it existed: they had none
+        fusion = cls(vectors, int(record["tokens"]), record["projector"], record.get("context", "none"), features)
         out = "projector.weight" if fusion.projector == "linear" else "projector.2.weight"
         if out not in tensors:
             raise UserError(f"the fusion weights lack '{out}' (a {fusion.projector} projector)", str(path))
         hidden = tensors[out].shape[0]
-        fusion.module = ItemFusion(vectors.vectors, hidden // fusion.tokens, fusion.tokens, fusion.projector)
+        fusion.module = ItemFusion(vectors.vectors, hidden // fusion.tokens, fusion.tokens, fusion.projector,
+                                   context=fusion.context)
         missing, unexpected = fusion.module.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise UserError(f"the fusion weights do not fit their record (missing {missing}, unexpected {unexpected})",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from recpeft.evaluation.scoring import answer_columns, answer_logits, answer_rows
+from recpeft.fusion.module import prefix_context
 from recpeft.kernels.last_position import last_position
 from recpeft.tasks.batches import Encoded, LengthBucketSampler, collate
 
@@ -92,6 +93,7 @@ def cached_answer_logits_many(model, requests: list[tuple[list[int], list[list[i
             ids[r, :len(p)] = torch.tensor(p)
             prefix_mask[r, :len(p)] = 1
         padded = bool((prefix_mask == 0).any())
+        prefix_ids = ids
         cache = DynamicCache(config=model.config)
         with last_position(model):  # the prefix's keys and values are all this forward is for
             model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device) if padded else None,
@@ -120,7 +122,9 @@ def cached_answer_logits_many(model, requests: list[tuple[list[int], list[list[i
                 pick = owner.to(device)
                 rows_kv = [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in kv]
             batch_cache = DynamicCache(rows_kv, config=model.config)
-            with answer_rows(model, answer_ids) as narrowed, last_position(model):
+            # prefix_context: --fusion's history context (recpeft.fusion.module) counts the prefix's items too
+            with (answer_rows(model, answer_ids) as narrowed, last_position(model),
+                  prefix_context(model, prefix_ids[owner])):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                position_ids=positions.to(device), cache=batch_cache, use_cache=True,
                                logits_to_keep=1).logits[:, -1]

@@ -36,6 +36,8 @@ def metrics(run: Run, test_eval: Evaluation) -> dict[str, Any]:
     }
     if run.privacy:
         out["privacy"] = run.privacy.record()
+    if run.fusion:  # how loud the item tokens ended, against a word embedding (see the summary's note)
+        out["fusion_token_scale"] = round(run.fusion.module.token_scale(), 5)
     if run.on_cuda:
         frozen = sum(p.numel() * p.element_size() for p in run.model.parameters() if not p.requires_grad)
         out["gpu_mib"] = {"frozen_weights": round(frozen / 2**20, 1),
