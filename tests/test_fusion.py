@@ -459,3 +459,39 @@ def test_cached_prefix_gives_fusion_its_history_context(tiny_model, monkeypatch)
     blind = cached_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
     assert not torch.allclose(blind[:2], naive[:2], atol=1e-3)
     assert torch.allclose(blind[2], naive[2], atol=1e-4)  # the suffix without an item needs no context
+
+
+def test_untrained_tokens_are_the_anchor_a_word_like_embedding(tiny_model, tmp_path):
+    """Attached to a model, the untrained projector gives every item the anchor: the mean word direction at the
+    embeddings' RMS (a model RMS-normalises its inputs, so only a token's direction counts). Training moves the
+    tokens away from it, which token_scale measures. A fusion file saved before the anchor loads with none."""
+    from transformers import AutoModelForCausalLM
+
+    from recpeft.fusion.fusion import Fusion
+    from recpeft.fusion.vectors import ItemVectors
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    words = model.get_input_embeddings().weight[:8192].detach()
+    fusion = Fusion(ItemVectors(["a", "b", "c"], torch.randn(3, 4), "file", "f" * 16), context="history")
+    module = fusion.attach(model)
+    tokens = module(torch.tensor([0, 1, 3]))
+    rms = float(words.pow(2).mean().sqrt())
+    assert torch.allclose(tokens, module.anchor.expand_as(tokens))
+    assert float(module.anchor.pow(2).mean().sqrt()) == pytest.approx(rms, rel=1e-4)
+    assert torch.nn.functional.cosine_similarity(module.anchor, words.mean(0), dim=0) > 0.999
+    assert module.token_scale() == 0.0
+    torch.nn.init.normal_(module.projector[-1].weight)
+    assert module.token_scale() > 0.0
+    fusion.save(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    saved = load_file(str(tmp_path / "fusion.safetensors"))
+    assert torch.equal(saved["anchor"], module.anchor)
+    record = fusion.record()
+    loaded = Fusion.load(tmp_path, record).module
+    assert torch.equal(loaded.anchor, module.anchor)
+    assert torch.allclose(loaded(torch.tensor([1, 2])), module(torch.tensor([1, 2])))
+    del saved["anchor"]  # a fusion adapter from before the anchor
+    save_file(saved, str(tmp_path / "fusion.safetensors"), metadata={"item_ids": json.dumps(["a", "b", "c"])})
+    old = Fusion.load(tmp_path, {**record, "features": None}).module
+    assert torch.equal(old.anchor, torch.zeros_like(module.anchor))

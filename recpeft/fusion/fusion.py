@@ -9,7 +9,7 @@ from pathlib import Path
 from recpeft.data.schema import Item, RecData
 from recpeft.errors import UserError
 from recpeft.fusion import FILE, SAMPLE_FEATURES
-from recpeft.fusion.module import ItemFusion, embedding_scale, install
+from recpeft.fusion.module import ItemFusion, embedding_anchor, embedding_scale, install
 from recpeft.fusion.tokens import FusionTokenizer, mark
 from recpeft.fusion.vectors import ItemVectors, collaborative, from_file
 
@@ -63,7 +63,7 @@ class Fusion:
         if self.module is None:
             emb = model.get_input_embeddings()
             self.module = ItemFusion(self.vectors.vectors, emb.embedding_dim, self.tokens, self.projector,
-                                     embedding_scale(model), self.context)
+                                     embedding_scale(model), self.context, embedding_anchor(model))
         for p in self.module.parameters():
             p.requires_grad_(trainable)
         install(model, self.module)
@@ -122,6 +122,7 @@ class Fusion:
         fusion.module = ItemFusion(vectors.vectors, hidden // fusion.tokens, fusion.tokens, fusion.projector,
                                    context=fusion.context)
         missing, unexpected = fusion.module.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if k != "anchor"]  # saved before the anchor: bare tokens (zero anchor)
         if missing or unexpected:
             raise UserError(f"the fusion weights do not fit their record (missing {missing}, unexpected {unexpected})",
                             str(path))

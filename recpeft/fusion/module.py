@@ -29,7 +29,7 @@ class ItemFusion(nn.Module):
     """Frozen item vectors (row 0: a learned 'unknown' vector for items without one) and the projector."""
 
     def __init__(self, vectors: torch.Tensor, hidden: int, tokens: int = 1, projector: str = "mlp",
-                 scale: float = 1.0, context: str = "none"):
+                 scale: float = 1.0, context: str = "none", anchor: torch.Tensor | None = None):
         super().__init__()
         dim = vectors.shape[1]
         self.tokens, self.hidden, self.context = tokens, hidden, context
@@ -57,6 +57,12 @@ class ItemFusion(nn.Module):
         self.readout = 1.0 / math.sqrt(last.in_features)
         # the base model's own embedding scale, so a trained projector's tokens live where word embeddings do
         self.register_buffer("scale", torch.tensor(float(scale)))
+        # The projector's output is added to an anchor: a word-like embedding (embedding_anchor: the mean word
+        # direction at the embeddings' RMS). Each layer RMS-normalises its input, so a bare token's size does
+        # not matter, only its direction: a zero-started bare token is a full-size arbitrary direction from the
+        # first step on, whatever the readout. Against an anchor, the projector's part is a perturbation whose
+        # size (token_scale) means what it says. Zeros: adapters saved before the anchor (bare tokens).
+        self.register_buffer("anchor", torch.zeros(hidden) if anchor is None else anchor.detach().float().clone())
 
     def vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """[*rows.shape, dim] the items' standardised vectors (row 0 = unknown item, r >= 1 = table row r - 1)."""
@@ -78,16 +84,17 @@ class ItemFusion(nn.Module):
         x = self.vectors(rows)
         if self.context == "history":
             x = torch.cat([x, x * (torch.zeros_like(x) if history is None else history.to(x.dtype))], -1)
-        return (self.projector(x) * (self.scale * self.readout)).view(len(rows), self.tokens, self.hidden)
+        out = (self.projector(x) * (self.scale * self.readout)).view(len(rows), self.tokens, self.hidden)
+        return out + self.anchor.to(out.dtype)
 
     @torch.no_grad()
     def token_scale(self, limit: int = 4096) -> float:
-        """RMS of the items' soft tokens (each with another item as its history) over the word embeddings' RMS:
-        how loud the tokens are. The sample's runs with the projector at the adapter's learning rate ended at
-        ~0.01, where the model can barely see them (experiments/README.md (h))."""
+        """RMS of the projector's part of the items' soft tokens (each item with another as its history) over the
+        word embeddings' RMS: how far training moved them from the anchor (experiments/README.md (h))."""
         rows = torch.arange(1, min(len(self.table), limit) + 1, device=self.table.device)
         history = self.vectors(rows.roll(1)) if self.context == "history" else None
-        return float(self(rows, history).float().pow(2).mean().sqrt() / self.scale.clamp_min(1e-12))
+        moved = self(rows, history).float() - self.anchor
+        return float(moved.pow(2).mean().sqrt() / self.scale.clamp_min(1e-12))
 
 
 class FusedEmbedding(nn.Embedding):
@@ -156,6 +163,20 @@ def prefix_context(model, prefix_ids: torch.Tensor):
 @torch.no_grad()
 def embedding_scale(model) -> float:
     """Root-mean-square of the input embedding's outputs (a model may scale its lookups, as Gemma does)."""
+    return float(_word_embeddings(model).pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def embedding_anchor(model) -> torch.Tensor:
+    """[hidden] the mean word embedding's direction at the embeddings' RMS: a generic word for soft tokens to
+    start from and move away from (ItemFusion's anchor)."""
+    words = _word_embeddings(model)
+    mean = words.mean(0)
+    return (mean * (words.pow(2).mean().sqrt() / mean.pow(2).mean().sqrt().clamp_min(1e-12))).cpu()
+
+
+def _word_embeddings(model) -> torch.Tensor:
+    """The input embedding's outputs for the first 8,192 ids (through its own forward: Gemma scales them)."""
     emb = model.get_input_embeddings()
     ids = torch.arange(min(emb.num_embeddings, 8192), device=emb.weight.device)
-    return float(emb(ids).float().pow(2).mean().sqrt())
+    return emb(ids).float()
