@@ -149,3 +149,30 @@ def test_transfer_matrix_at_smoke_test_size(tiny_task_model, tmp_path, capsys):
     capsys.readouterr()
     again = transfer.run("transfer", resume=True, **kw)  # every adapter and cell kept
     assert again["cells"] == first["cells"] and "[transfer]" not in capsys.readouterr().out
+
+
+def test_paired_gain_finds_a_real_gain_and_none_between_equal_runs(tmp_path, capsys):
+    """experiments/paired_gain.py: AUCs as recpeft computes them, a gain whose interval excludes 0 when the new
+    runs' scores carry the labels, and exactly 0 between identical runs; mismatched pairs are refused."""
+    import numpy as np
+    import paired_gain
+
+    from recpeft.evaluation.metrics import auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    base = [rng.normal(size=400) + 0.3 * labels for _ in range(2)]
+    new = [rng.normal(size=400) + 1.0 * labels for _ in range(2)]
+    runs = [{"name": f"{kind}{i}", "outputs": {"labels": labels.tolist(), "scores": s.tolist()}}
+            for kind, group in (("base", base), ("new", new)) for i, s in enumerate(group)]
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"runs": runs}))
+    out = paired_gain.main([str(path), "--base", "base0", "base1", "--new", "new0", "new1", "--draws", "300"])
+    want = [auc(labels.tolist(), n.tolist()) - auc(labels.tolist(), b.tolist()) for b, n in zip(base, new)]
+    assert out["gain_per_seed"] == pytest.approx(want, abs=1e-4)
+    assert 0 < out["ci95"][0] < out["mean_gain"] < out["ci95"][1]
+    same = paired_gain.main([str(path), "--base", "base0", "--new", "base0", "--draws", "50"])
+    assert same["mean_gain"] == 0 and same["ci95"] == [0, 0]
+    with pytest.raises(SystemExit):
+        paired_gain.main([str(path), "--base", "base0", "--new", "new0", "new1"])
+    assert "pair them by seed" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Is one group of runs better than another on the same test examples? A paired bootstrap of the mean AUC gain.
+
+    python experiments/paired_gain.py sample_fusion --base text-seed42 text-seed43 text-seed44 \
+        --new anchor-ctx-lr10-seed42 anchor-ctx-lr10-seed43 anchor-ctx-lr10-seed44
+
+The runs of an experiment's results JSON (experiments/run.py keeps every run's per-example scores) are
+paired by position (same seed), and all score the same test examples. Each bootstrap draw resamples the
+examples once and recomputes every run's AUC on them: the interval is the test set's sampling noise of the
+mean gain over these seeds (pairing removes what both groups share); the seeds' own spread shows in the
+gain per seed. Prints the mean gain, its 95% interval, and the gain per seed; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of each row of scores [runs, n] against labels [n] (ties count half), by ranks."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=1)
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", help="an experiment name (experiments/results/NAME.json) or a JSON path")
+    p.add_argument("--base", nargs="+", required=True, help="the reference runs, one per seed")
+    p.add_argument("--new", nargs="+", required=True, help="the compared runs, in the same seed order")
+    p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if len(args.base) != len(args.new):
+        p.error(f"--base has {len(args.base)} runs and --new {len(args.new)}: pair them by seed")
+    path = Path(args.experiment)
+    if not path.is_file():
+        path = ROOT / "experiments" / "results" / f"{args.experiment}.json"
+    runs = {r["name"]: r for r in json.loads(path.read_text())["runs"]}
+    missing = [n for n in args.base + args.new if n not in runs or "outputs" not in runs[n]]
+    if missing:
+        p.error(f"no per-example scores for {', '.join(missing)} in {path}")
+    labels = np.array(runs[args.base[0]]["outputs"]["labels"])
+    for name in args.base + args.new:
+        if runs[name]["outputs"]["labels"] != labels.tolist():
+            p.error(f"{name} scored other test examples than {args.base[0]}")
+    base = np.array([runs[n]["outputs"]["scores"] for n in args.base])
+    new = np.array([runs[n]["outputs"]["scores"] for n in args.new])
+    per_seed = _auc(labels, new) - _auc(labels, base)
+    rng = np.random.default_rng(args.seed)
+    draws = []
+    for _ in range(args.draws):
+        idx = rng.integers(0, len(labels), len(labels))
+        if labels[idx].min() == labels[idx].max():
+            continue
+        draws.append(float((_auc(labels[idx], new[:, idx]) - _auc(labels[idx], base[:, idx])).mean()))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    out = {"experiment": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), "examples": len(labels),
+           "base": args.base, "new": args.new, "gain_per_seed": [round(float(g), 4) for g in per_seed],
+           "mean_gain": round(float(per_seed.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
