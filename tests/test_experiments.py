@@ -176,3 +176,13 @@ def test_paired_gain_finds_a_real_gain_and_none_between_equal_runs(tmp_path, cap
     with pytest.raises(SystemExit):
         paired_gain.main([str(path), "--base", "base0", "--new", "new0", "new1"])
     assert "pair them by seed" in capsys.readouterr().err
+
+
+def test_token_scale_probe_shows_a_bare_vector_acts_at_full_size(tiny_model):
+    """experiments/token_scale_probe.py on the tiny (RMS-normalised) model: a bare vector at 3% of the embeddings'
+    RMS moves the logits several times more than the same 3% added to a word."""
+    import token_scale_probe
+
+    change = token_scale_probe.main(["--model", str(tiny_model)])["mean_abs_logit_change"]
+    assert change["bare, 3% RMS"] > 3 * change["word + 3% RMS"]
+    assert change["bare, 3% RMS"] > 0.3 * change["bare, full RMS"]
