@@ -195,7 +195,7 @@ def test_the_summary_says_when_the_saved_adapter_is_the_untrained_one(capsys):
     # --fusion: item tokens too faint for the model to use are named, with the flag that makes them louder
     faint = {**metrics, "best_step": 24, "fusion_token_scale": 0.012}
     _print_summary(TrainConfig(fusion="cf"), SimpleNamespace(metrics=faint, output_dir=None))
-    assert "tokens ended at 1.2% of a word embedding's scale" in capsys.readouterr().out
+    assert "moved the item soft tokens by only 1.2% of a word embedding's scale" in capsys.readouterr().out
     _print_summary(TrainConfig(fusion="cf"), SimpleNamespace(metrics={**faint, "fusion_token_scale": 0.4},
                                                              output_dir=None))
     assert "soft tokens" not in capsys.readouterr().out

@@ -59,7 +59,7 @@ def train(config: Path | None = None, dry_run: bool = False, **flags: Any) -> No
     _print_summary(cfg, result)
 
 
-FAINT_TOKENS = 0.05  # item soft tokens quieter than this fraction of a word embedding: the summary says so
+FAINT_TOKENS = 0.05  # item soft tokens moved less than this fraction of a word embedding: the summary says so
 
 
 def _print_summary(cfg: TrainConfig, result) -> None:
@@ -83,8 +83,9 @@ def _print_summary(cfg: TrainConfig, result) -> None:
         print(f"  note: no evaluation beat the untrained adapter, so the one saved is the untrained one (it changes "
               f"nothing); try more steps (--max-steps), another --lr, or more --eval-samples ({m['valid_n']} now)")
     if m.get("fusion_token_scale", 1.0) < FAINT_TOKENS:
-        print(f"  note: the item soft tokens ended at {m['fusion_token_scale']:.1%} of a word embedding's scale, too "
-              f"faint for the model to use much; try a larger --fusion-lr-scale ({cfg.fusion_lr_scale:g} now)")
+        print(f"  note: training moved the item soft tokens by only {m['fusion_token_scale']:.1%} of a word "
+              f"embedding's scale, too little for the model to use them much; try a larger --fusion-lr-scale "
+              f"({cfg.fusion_lr_scale:g} now)")
     if "rank_budget" in m:
         print(f"  AdaLoRA rank budget {m['rank_budget']['init']} -> {m['rank_budget']['final']} "
               f"over {len(m['ranks'])} layers")
