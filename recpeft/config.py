@@ -116,14 +116,16 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
                              choices=FUSION_CF_MODELS)
     fusion_dim: int = setting(64, "With --fusion cf: the CF model's factors per item.", range=(2, 1024))
     fusion_tokens: int = setting(1, "Soft tokens per item.", range=(1, 16))
-    fusion_lr_scale: float = setting(1.0, "With --fusion: the projector's learning rate as a multiple of --lr "
-                                     "(its gradients are ~40x LoRA's on the news sample; AdamW moves every weight "
-                                     "at its group's rate).", range=(0.0, 100.0))
+    fusion_lr_scale: float = setting(10.0, "With --fusion: the projector's learning rate as a multiple of --lr. AdamW "
+                                     "moves every weight at its group's rate; at 1x the sample's tokens moved 1-3% of "
+                                     "a word embedding in 48-192 steps, too little to matter (experiments/README.md "
+                                     "(h)).", range=(0.0, 100.0))
     fusion_projector: str = setting("mlp", "Maps an item vector to its soft tokens: linear, or mlp (two layers, "
                                     "GELU).", choices=FUSION_PROJECTORS)
-    fusion_context: str = setting("none", "With --fusion: history also gives each item's projector the mean vector of "
-                                  "the items before it in the prompt, so the target's token carries how it matches "
-                                  "the user's history; none: each item's vector alone.", choices=FUSION_CONTEXTS)
+    fusion_context: str = setting("history", "With --fusion: history also gives each item's projector the mean "
+                                  "vector of the items before it in the prompt, so the target's token carries how it "
+                                  "matches the user's history; none: each item's vector alone.",
+                                  choices=FUSION_CONTEXTS)
     item_features: str | None = setting(None, "With --fusion file: a .safetensors file (tensor 'vectors', item ids "
                                         "as a JSON list in metadata 'item_ids') or a .npz ('item_ids', 'vectors'); "
                                         "'sample': the embedded sample's synthetic second modality.",
