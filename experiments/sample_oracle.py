@@ -9,7 +9,9 @@ very test pairs the default run scores (the preference task's test split, all of
 - item quality alone: the part only the second modality carries (features.npz mixes theme and quality);
 - a logistic regression on the modality alone (the candidate's 16 numbers, the mean of the user's liked
   and disliked items' and their products with the candidate's), fitted on the training split: what the
-  vectors give a simple model without any text.
+  vectors give a simple model without any text;
+- the same on what `--fusion-context history` gives the projector ([v, v * h], v the candidate's standardised
+  vector, h the mean of all its history's), and on v alone (what a token without context carries).
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ def main(argv: list[str] | None = None) -> dict:
     f = np.load(SAMPLE_ROOT / args.domain / "features.npz", allow_pickle=False)
     vec = dict(zip(f["item_ids"].tolist(), f["vectors"]))
 
+    table = np.array(f["vectors"], dtype=np.float64)
+    mu, sd = table.mean(0), table.std(0)
+
+    def context_features(ex, with_history: bool = True) -> np.ndarray:
+        v = (vec[ex.target.item_id] - mu) / sd
+        h = np.mean([(vec[x.item_id] - mu) / sd for x in ex.history] or [np.zeros_like(v)], 0)
+        return np.concatenate([v, v * h]) if with_history else v
+
+    def fitted_auc(make) -> float:
+        model = LogisticRegression(max_iter=3000).fit(np.array([make(ex) for ex in splits["train"]]),
+                                                      [ex.label for ex in splits["train"]])
+        return auc(labels, model.predict_proba(np.array([make(ex) for ex in test]))[:, 1].tolist())
+
     def features(ex) -> np.ndarray:
         cand = vec[ex.target.item_id]
         liked = [vec[x.item_id] for x in ex.history if x.liked] or [np.zeros_like(cand)]
@@ -60,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
            "latent_score": auc(labels, full),
            "theme_part": auc(labels, [o - QUALITY * x for o, x in zip(full, q)]),
            "quality_part": auc(labels, q),
-           "logreg_on_modality": auc(labels, fit.predict_proba(np.array([features(ex) for ex in test]))[:, 1].tolist())}
+           "logreg_on_modality": auc(labels, fit.predict_proba(np.array([features(ex) for ex in test]))[:, 1].tolist()),
+           "logreg_on_v_and_v_times_history_mean": fitted_auc(context_features),
+           "logreg_on_v_alone": fitted_auc(lambda ex: context_features(ex, False))}
     print(json.dumps(out, indent=1))
     return out
 
