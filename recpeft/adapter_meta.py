@@ -180,6 +180,14 @@ model = PeftModel.from_pretrained(base, "<this folder>")
 """ + _fusion_section(meta.fusion) + card_section(meta.privacy)
 
 
+def _context(fusion: dict[str, Any]) -> str:
+    """How the card words the projector's input and how far training moved the tokens (absent from older records)."""
+    out = " that also reads the mean vector of the items before each one" if fusion.get("context") == "history" else ""
+    if fusion.get("token_scale") is not None:
+        out += f"; training moved the tokens {fusion['token_scale']:.1%} of a word embedding's scale from their anchor"
+    return out
+
+
 def _fusion_section(fusion: dict[str, Any] | None) -> str:
     if not fusion:
         return ""
@@ -189,6 +197,7 @@ def _fusion_section(fusion: dict[str, Any] | None) -> str:
 ## Item fusion
 
 Each item in a prompt is followed by {fusion['tokens']} soft token(s): its {fusion['dim']}-dimensional vector
-({fusion['source']}, {fusion['items']} items; {where}) through a trained {fusion['projector']} projector.
+({fusion['source']}, {fusion['items']} items; {where}) through a trained {fusion['projector']} projector\
+{_context(fusion)}.
 recpeft.load uses them; plain peft loading gives the adapter without them.
 """)

@@ -156,7 +156,9 @@ def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
     assert meta["fusion"]["source"] == "cf:als" and meta["fusion"]["dim"] == 8
     assert meta["fusion"]["context"] == "history"
     assert (folder / "fusion.safetensors").is_file()
-    assert "## Item fusion" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "## Item fusion" in card and "reads the mean vector of the items before each one" in card
+    assert f"moved the tokens {meta['fusion']['token_scale']:.1%}" in card
     rec = recpeft.load(folder)
     assert rec.fusion is not None
     data = load_data("video", None, None)
