@@ -497,3 +497,20 @@ def test_untrained_tokens_are_the_anchor_a_word_like_embedding(tiny_model, tmp_p
     save_file(saved, str(tmp_path / "fusion.safetensors"), metadata={"item_ids": json.dumps(["a", "b", "c"])})
     old = Fusion.load(tmp_path, {**record, "features": None}).module
     assert torch.equal(old.anchor, torch.zeros_like(module.anchor))
+
+
+def test_a_record_that_does_not_fit_its_fusion_weights_is_a_clean_error(tmp_path):
+    """A recpeft.json whose fusion context was edited (the projector's input width no longer fits): one clear
+    error naming the file, not torch's size-mismatch traceback."""
+    from recpeft.fusion.fusion import Fusion
+    from recpeft.fusion.module import ItemFusion
+    from recpeft.fusion.vectors import ItemVectors
+
+    fusion = Fusion(ItemVectors(["a", "b"], torch.randn(2, 4), "file", "f" * 16), context="history")
+    fusion.module = ItemFusion(fusion.vectors.vectors, hidden=8, context="history")
+    fusion.save(tmp_path)
+    record = {**fusion.record(), "features": None}
+    assert Fusion.load(tmp_path, record).module.projector[0].in_features == 8
+    with pytest.raises(UserError, match="do not fit their record: size mismatch") as err:
+        Fusion.load(tmp_path, {**record, "context": "none"})
+    assert "fusion.safetensors" in str(err.value)

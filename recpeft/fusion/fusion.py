@@ -121,7 +121,11 @@ class Fusion:
         hidden = tensors[out].shape[0]
         fusion.module = ItemFusion(vectors.vectors, hidden // fusion.tokens, fusion.tokens, fusion.projector,
                                    context=fusion.context)
-        missing, unexpected = fusion.module.load_state_dict(tensors, strict=False)
+        try:
+            missing, unexpected = fusion.module.load_state_dict(tensors, strict=False)
+        except RuntimeError as exc:  # shapes that do not fit (a record whose context or dim was edited)
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise UserError(f"the fusion weights do not fit their record: {first}", str(path)) from None
         missing = [k for k in missing if k != "anchor"]  # saved before the anchor: bare tokens (zero anchor)
         if missing or unexpected:
             raise UserError(f"the fusion weights do not fit their record (missing {missing}, unexpected {unexpected})",

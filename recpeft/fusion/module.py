@@ -45,15 +45,15 @@ class ItemFusion(nn.Module):
         out = tokens * hidden
         self.projector = (nn.Linear(inputs, out) if projector == "linear" else
                           nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, out)))
-        # Zero-initialised output (as LoRA's B): an untrained projector gives every item the same zero token,
-        # so training starts from the text-only model's behaviour instead of from random embeddings. A random
-        # init started the sample's validation AUC off the text model's and ended 0.07 below it (seed 42).
+        # Zero-initialised output (as LoRA's B): an untrained projector gives every item the same token, the
+        # anchor below, so training starts from one plain word per item instead of from random embeddings. A
+        # random init started the sample's validation AUC off the text model's and ended 0.07 below it (seed 42).
         last = self.projector if projector == "linear" else self.projector[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        # Adam moves every weight by about lr a step, so the output moves by ~lr x fan-in: with the MLP's 576
-        # inputs the soft token outgrew a word embedding within a few steps and the run fell below text only
-        # (sample_fusion, before). The 1/sqrt(fan-in) readout multiplier slows that to ~1% of a word a step.
+        # Adam moves every weight by about lr a step, so the output would move by ~lr x fan-in (576 inputs in the
+        # MLP): the 1/sqrt(fan-in) readout multiplier makes that ~1% of a word a step at lr 1e-3, and
+        # --fusion-lr-scale sets how far the tokens go (fusion_token_scale reports it).
         self.readout = 1.0 / math.sqrt(last.in_features)
         # the base model's own embedding scale, so a trained projector's tokens live where word embeddings do
         self.register_buffer("scale", torch.tensor(float(scale)))
