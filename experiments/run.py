@@ -256,6 +256,13 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _family(run_name: str) -> str:
+    """A run's configuration: its name without a trailing -seedN."""
+    import re
+
+    return re.sub(r"-seed\d+$", "", run_name)
+
+
 def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str, dict[str, list]],
          out: Path) -> list[str]:
     """Learning curve (validation main metric per step, training loss per micro-batch) and ROC."""
@@ -268,14 +275,23 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
     written = []
     trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
     if "learning_curve" in kinds and trained:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        # one colour per configuration (a run's name without its -seedN), so seeds of one setting read as one
+        families = list(dict.fromkeys(_family(r["name"]) for r in trained))
+        colours = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        labelled: set[str] = set()
         for r in trained:
             key = next(k for k in r["history"][0] if k.startswith("valid_"))
-            left.plot([h["step"] for h in r["history"]], [h[key] for h in r["history"]], marker="o", label=r["name"])
-            right.plot(r["losses"], alpha=0.8, label=r["name"])
+            family = _family(r["name"])
+            i = families.index(family)
+            left.plot([h["step"] for h in r["history"]], [h[key] for h in r["history"]], marker="o",
+                      color=colours(i % colours.N), label=None if family in labelled else family)
+            labelled.add(family)
+            right.plot(r["losses"], alpha=0.5, color=colours(i % colours.N))
         left.set(xlabel="optimiser step", ylabel=key.replace("_", " "), title=f"{name}: validation")
         right.set(xlabel="micro-batch", ylabel="training loss", title="training loss")
-        left.legend(), right.legend()
+        fig.legend(loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
         written.append(_save(fig, out / f"{name}-learning-curve.png"))
     if "privacy_utility" in kinds and results.get("privacy_utility"):
         table = results["privacy_utility"]
@@ -311,7 +327,8 @@ def _save(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
+    if not fig.get_layout_engine():  # a figure laid out already (a legend beside the axes) keeps its layout
+        fig.tight_layout()
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
