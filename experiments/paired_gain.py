@@ -8,6 +8,9 @@ paired by position (same seed), and all score the same test examples. Each boots
 examples once and recomputes every run's AUC on them: the interval is the test set's sampling noise of the
 mean gain over these seeds (pairing removes what both groups share); the seeds' own spread shows in the
 gain per seed. Prints the mean gain, its 95% interval, and the gain per seed; writes nothing.
+Examples are resampled one by one: examples of one user (the news sample's 600 test pairs come from 300
+users, two each) share that user's history, so the interval is somewhat narrower than a per-user one; the
+run outputs hold no user ids to resample by.
 """
 
 from __future__ import annotations

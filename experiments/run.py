@@ -89,7 +89,8 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         from recpeft.baselines import check_names
 
         check_names(base_cfg.task, spec["baselines"].get("models"))
-    done = finished_runs(out / f"{name}.json", results) if resume else {}
+    uses_fusion = any(r.get("fusion", base_cfg.fusion) != "off" for r in spec["runs"])
+    done = finished_runs(out / f"{name}.json", results, uses_fusion) if resume else {}
     for run in spec["runs"]:
         run = dict(run)
         run_name, zero_shot = run.pop("name"), run.pop("zero_shot", False)
@@ -168,8 +169,9 @@ def baselines_on_same_examples(spec: dict[str, Any], cfg, data: dict[str, Any]) 
     return out
 
 
-def finished_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Runs of an earlier results file made with the same data and training settings, by name."""
+def finished_runs(path: Path, results: dict[str, Any], uses_fusion: bool = True) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier results file made with the same data and training settings, by name. Without fusion
+    in any run, the fusion settings (whose defaults changed) do not count."""
     if not path.is_file():
         return {}
     import json
@@ -181,6 +183,8 @@ def finished_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[str, An
     # default to the old behaviour); any other difference means the runs must be redone.
     defaults, train = TrainConfig().to_dict(), results["train"]
     old_train = {**{k: v for k, v in defaults.items() if k not in old.get("train", {})}, **old.get("train", {})}
+    if not uses_fusion:
+        old_train, train = ({k: v for k, v in t.items() if not k.startswith("fusion_")} for t in (old_train, train))
     if old_train != train or old.get("data") != results["data"] or old.get("tiny") != results["tiny"]:
         print(f"[experiments] {path.name}: settings changed since it was written; running everything", flush=True)
         return {}
@@ -292,7 +296,7 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
         right.set(xlabel="micro-batch", ylabel="training loss", title="training loss")
         fig.legend(loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize="small", frameon=False)
         fig.tight_layout(rect=(0, 0, 0.8, 1))
-        written.append(_save(fig, out / f"{name}-learning-curve.png"))
+        written.append(_save(fig, out / f"{name}-learning-curve.png", laid_out=True))
     if "privacy_utility" in kinds and results.get("privacy_utility"):
         table = results["privacy_utility"]
         labels = [f"{r['epsilon']:g}" if r["epsilon"] is not None else "∞ (no DP)" for r in table]
@@ -322,12 +326,13 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
     return written
 
 
-def _save(fig, path: Path) -> str:
-    """Write a figure atomically (temp sibling, then rename)."""
+def _save(fig, path: Path, laid_out: bool = False) -> str:
+    """Write a figure atomically (temp sibling, then rename); laid_out: keep the caller's layout (a legend
+    beside the axes) instead of a plain tight_layout."""
     import matplotlib.pyplot as plt
 
     tmp = path.with_name(f".{path.name}.tmp.png")
-    if not fig.get_layout_engine():  # a figure laid out already (a legend beside the axes) keeps its layout
+    if not laid_out:
         fig.tight_layout()
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

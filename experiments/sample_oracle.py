@@ -9,9 +9,11 @@ very test pairs the default run scores (the preference task's test split, all of
 - item quality alone: the part only the second modality carries (features.npz mixes theme and quality);
 - a logistic regression on the modality alone (the candidate's 16 numbers, the mean of the user's liked
   and disliked items' and their products with the candidate's), fitted on the training split: what the
-  vectors give a simple model without any text;
+  vectors give a simple model without any text (history: the items the prompt shows, the last
+  --history-len; before 2026-11-30's third session it used the whole history and reported 0.847);
 - the same on what `--fusion-context history` gives the projector ([v, v * h], v the candidate's standardised
-  vector, h the mean of all its history's), and on v alone (what a token without context carries).
+  vector, h the mean of the history items the prompt shows), and on v alone (what a token without context
+  carries).
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ def main(argv: list[str] | None = None) -> dict:
     f = np.load(SAMPLE_ROOT / args.domain / "features.npz", allow_pickle=False)
     vec = dict(zip(f["item_ids"].tolist(), f["vectors"]))
 
+    from recpeft.config import TrainConfig
+
+    history_len = TrainConfig().history_len
     table = np.array(f["vectors"], dtype=np.float64)
     mu, sd = table.mean(0), table.std(0)
 
     def context_features(ex, with_history: bool = True) -> np.ndarray:
         v = (vec[ex.target.item_id] - mu) / sd
-        h = np.mean([(vec[x.item_id] - mu) / sd for x in ex.history] or [np.zeros_like(v)], 0)
+        shown = ex.history[-history_len:]  # the items the prompt shows (the default run's --history-len)
+        h = np.mean([(vec[x.item_id] - mu) / sd for x in shown] or [np.zeros_like(v)], 0)
         return np.concatenate([v, v * h]) if with_history else v
 
     def fitted_auc(make) -> float:
@@ -60,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def features(ex) -> np.ndarray:
         cand = vec[ex.target.item_id]
-        liked = [vec[x.item_id] for x in ex.history if x.liked] or [np.zeros_like(cand)]
-        disliked = [vec[x.item_id] for x in ex.history if not x.liked] or [np.zeros_like(cand)]
+        liked = [vec[x.item_id] for x in ex.history[-history_len:] if x.liked] or [np.zeros_like(cand)]
+        disliked = [vec[x.item_id] for x in ex.history[-history_len:] if not x.liked] or [np.zeros_like(cand)]
         lk, dk = np.mean(liked, 0), np.mean(disliked, 0)
         return np.concatenate([cand, lk, dk, cand * lk, cand * dk])
 

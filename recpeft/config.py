@@ -123,8 +123,8 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     fusion_projector: str = setting("mlp", "Maps an item vector to its soft tokens: linear, or mlp (two layers, "
                                     "GELU).", choices=FUSION_PROJECTORS)
     fusion_context: str = setting("history", "With --fusion: history also gives each item's projector the mean "
-                                  "vector of the items before it in the prompt, so the target's token carries how it "
-                                  "matches the user's history; none: each item's vector alone.",
+                                  "vector of the items before it in the prompt (liked and disliked alike), so the "
+                                  "target's token carries how it relates to them; none: each item's vector alone.",
                                   choices=FUSION_CONTEXTS)
     item_features: str | None = setting(None, "With --fusion file: a .safetensors file (tensor 'vectors', item ids "
                                         "as a JSON list in metadata 'item_ids') or a .npz ('item_ids', 'vectors'); "

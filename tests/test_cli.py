@@ -187,8 +187,11 @@ def test_the_summary_says_when_the_saved_adapter_is_the_untrained_one(capsys):
     metrics = {"main_metric": "auc", "valid_n": 128, "test_n": 600, "valid_auc": 0.51, "valid_auc_base": 0.51,
                "test_auc": 0.55, "test_auc_base": 0.55, "best_step": 0, "steps": 48, "early_stopped": False,
                "train_examples": 384, "seconds": 10.0}
-    _print_summary(TrainConfig(), SimpleNamespace(metrics=metrics, output_dir=None))
-    assert "the one saved is the untrained one" in capsys.readouterr().out
+    _print_summary(TrainConfig(fusion="cf"), SimpleNamespace(metrics={**metrics, "fusion_token_scale": 0.0},
+                                                             output_dir=None))
+    out = capsys.readouterr().out
+    assert "the one saved is the untrained one" in out
+    assert "soft tokens" not in out  # the untrained projector's tokens did not move: the note above says why
     _print_summary(TrainConfig(), SimpleNamespace(metrics={**metrics, "best_step": 24}, output_dir=None))
     out = capsys.readouterr().out
     assert "untrained one" not in out and "soft tokens" not in out

@@ -412,6 +412,9 @@ def test_history_context_is_the_mean_of_the_items_before():
     assert torch.equal(h[1], torch.zeros(3)) and torch.equal(h[2], torch.zeros(3))
     assert torch.allclose(h[4], v1) and torch.allclose(h[5], v1)
     assert torch.allclose(h[6], (v1 + unknown) / 2) and torch.allclose(h[7], (v1 + unknown) / 2)
+    # a prompt cut from the left that keeps only an item's second token: that item is not in the mean, nor taken out
+    cut = fusion.history(torch.tensor([[3, -1, 8, 9]]))[0]
+    assert torch.equal(cut[0], torch.zeros(3)) and torch.equal(cut[2], torch.zeros(3))
     # the projector reads [v, v * h]: the same item after another history gets another token
     assert fusion.projector.in_features == 6
     torch.nn.init.normal_(fusion.projector.weight)
@@ -437,7 +440,7 @@ def test_cached_prefix_gives_fusion_its_history_context(tiny_model, monkeypatch)
     import recpeft.serving.prefix
     from recpeft.fusion.module import ItemFusion, install
     from recpeft.fusion.tokens import MARKER, FusionTokenizer
-    from recpeft.serving.prefix import cached_answer_logits, naive_answer_logits
+    from recpeft.serving.prefix import cached_answer_logits, cached_answer_logits_many, naive_answer_logits
     from recpeft.tasks.prompts import answer_token_ids
 
     torch.manual_seed(0)
@@ -457,6 +460,20 @@ def test_cached_prefix_gives_fusion_its_history_context(tiny_model, monkeypatch)
     with torch.no_grad():
         naive = naive_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
     assert torch.allclose(cached, naive, atol=1e-4)
+    # several requests at once: right-padded prefixes of different lengths, each suffix reading its own
+    other = tok("a" + MARKER.format(4) + " story", add_special_tokens=False)["input_ids"]
+    both = cached_answer_logits_many(model, [(prefix, suffixes), (other, suffixes[:2])], answers, base.pad_token_id)
+    assert torch.allclose(both[0], naive, atol=1e-4)
+    with torch.no_grad():
+        other_naive = naive_answer_logits(model, other, suffixes[:2], answers, base.pad_token_id)
+    assert torch.allclose(both[1], other_naive, atol=1e-4)
+    # the prefix is the context of that forward only: cleared after it, even when it fails
+    from recpeft.fusion import module
+
+    with pytest.raises(RuntimeError), module.prefix_context(model, torch.tensor([prefix])):
+        assert module._PREFIX.get()[0] is emb
+        raise RuntimeError("a cancelled request")
+    assert module._PREFIX.get() == (None, None)
     monkeypatch.setattr(recpeft.serving.prefix, "prefix_context", lambda model, ids: contextlib.nullcontext())
     blind = cached_answer_logits(model, prefix, suffixes, answers, base.pad_token_id)
     assert not torch.allclose(blind[:2], naive[:2], atol=1e-3)

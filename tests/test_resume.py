@@ -187,3 +187,14 @@ def test_a_kill_before_the_first_save_leaves_nothing(tmp_path):
     out = tmp_path / "adapters" / "news"
     assert save_in_subprocess(out, "first", "rename:news") == -signal.SIGKILL
     assert not out.exists()
+
+
+def test_an_older_checkpoint_without_a_setting_means_what_its_code_did():
+    """fusion_context came with default "history"; a checkpoint written before it had none, so resuming it with
+    --fusion-context none is the same run and with today's default it is not (instead of a size mismatch later)."""
+    from recpeft.config import TrainConfig
+
+    saved = TrainConfig(fusion="cf").to_dict()
+    del saved["fusion_context"]
+    assert ckpts.config_differences(saved, TrainConfig(fusion="cf", fusion_context="none")) == []
+    assert ckpts.config_differences(saved, TrainConfig(fusion="cf")) == ["fusion_context 'none' there, 'history' now"]

@@ -82,7 +82,7 @@ def _print_summary(cfg: TrainConfig, result) -> None:
     if m["best_step"] == 0 and m["steps"] > 0 and "privacy" not in m:
         print(f"  note: no evaluation beat the untrained adapter, so the one saved is the untrained one (it changes "
               f"nothing); try more steps (--max-steps), another --lr, or more --eval-samples ({m['valid_n']} now)")
-    if m.get("fusion_token_scale", 1.0) < FAINT_TOKENS:
+    if m.get("fusion_token_scale", 1.0) < FAINT_TOKENS and m["best_step"] > 0:  # step 0: the note above says it
         print(f"  note: training moved the item soft tokens by only {m['fusion_token_scale']:.1%} of a word "
               f"embedding's scale, too little for the model to use them much; try a larger --fusion-lr-scale "
               f"({cfg.fusion_lr_scale:g} now)")

@@ -5,21 +5,23 @@ Each item in a prompt is followed by `tokens` virtual token ids past the vocabul
 writes them). The base model's input embedding is switched in place to `FusedEmbedding`: real ids are
 looked up as before, and a virtual id's embedding is the projector's output for that item, row j of its
 `tokens`. Everything downstream (attention masks, positions, the cached prefix's KV cache, DDP) sees
-ordinary input ids, so no other code path changes. Written by hand because it is this wiring, not a
+ordinary input ids; the one other path that knows of fusion is cached scoring, which hands the prefix's ids
+to the history context (`prefix_context`). Written by hand because it is this wiring, not a
 model: the projector itself is torch's Linear / MLP.
 
 With context "history" an item's token also sees the items before it in the same prompt: the projector reads
 [v, v * h], v the item's (standardised) vector and h the mean of the vectors of the items marked earlier in
-the sequence. The target, written last, so carries how it matches the history, which a 135M model did not
-learn to work out from separate tokens in the sample's 48 steps (experiments/sample_oracle.py: a logistic
-regression on [v, v * h] reaches 0.84 AUC there, on v alone 0.58). It is causal, like the LM: a cached
-prefix's items are the context of the suffix's (`prefix_context`), so cached and full scoring agree.
+the sequence, liked and disliked alike. The target, written last, so carries how it relates to the items
+shown before it (experiments/sample_oracle.py: a logistic regression on [v, v * h] reaches 0.72 AUC on the
+sample's test pairs, on v alone 0.58). It is causal, like the LM: a cached prefix's items are the context
+of the suffix's (`prefix_context`), so cached and full scoring agree.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -66,7 +68,8 @@ class ItemFusion(nn.Module):
 
     def vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """[*rows.shape, dim] the items' standardised vectors (row 0 = unknown item, r >= 1 = table row r - 1)."""
-        return torch.cat([self.unknown.unsqueeze(0), self.table.to(self.unknown.dtype)])[rows]
+        known = self.table[(rows - 1).clamp(min=0)].to(self.unknown.dtype)  # a gather: no copy of the whole table
+        return torch.where((rows > 0).unsqueeze(-1), known, self.unknown)
 
     def history(self, offsets: torch.Tensor) -> torch.Tensor:
         """[batch, seq, dim] for virtual-id offsets [batch, seq] (< 0: a real token): at each position, the
@@ -75,8 +78,11 @@ class ItemFusion(nn.Module):
         start = virtual & (offsets % self.tokens == 0)
         v = self.vectors(offsets.clamp(min=0) // self.tokens)
         total, count = (v * start.unsqueeze(-1)).cumsum(1), start.cumsum(1)
-        # the tokens of one item follow its start: all counted up to here but the item itself
-        return (total - v * virtual.unsqueeze(-1)) / (count - virtual.long()).clamp(min=1).unsqueeze(-1)
+        # The tokens of one item follow its start: all counted up to here but the item itself, when its start is
+        # in the sequence (a prompt cut from the left may keep an item's last tokens only).
+        back = torch.arange(offsets.shape[1], device=offsets.device) - offsets.clamp(min=0) % self.tokens
+        own = virtual & (back >= 0) & start.gather(1, back.clamp(min=0))
+        return (total - v * own.unsqueeze(-1)) / (count - own.long()).clamp(min=1).unsqueeze(-1)
 
     def forward(self, rows: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """[n, tokens, hidden] soft tokens for item rows (0 = unknown item, r >= 1 = table row r - 1); with
@@ -103,7 +109,6 @@ class FusedEmbedding(nn.Embedding):
     stay as they were."""
 
     recpeft_fusion: ItemFusion | None
-    recpeft_prefix: torch.Tensor | None = None  # [batch, prefix] ids of a cached prefix (prefix_context)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         virtual = ids >= self.num_embeddings
@@ -115,7 +120,8 @@ class FusedEmbedding(nn.Embedding):
         out = super().forward(ids.masked_fill(virtual, 0))  # the model's own lookup (Gemma's scales it)
         history = None
         if fusion.context == "history":
-            full = ids if self.recpeft_prefix is None else torch.cat([self.recpeft_prefix.to(ids.device), ids], 1)
+            owner, prefix = _PREFIX.get()
+            full = ids if owner is not self else torch.cat([prefix.to(ids.device), ids], 1)
             offsets = torch.where(full >= self.num_embeddings, full - self.num_embeddings, -1)
             history = fusion.history(offsets)[:, -ids.shape[1]:][virtual]
         offset = ids[virtual] - self.num_embeddings
@@ -145,19 +151,27 @@ def install(model, fusion: ItemFusion | None) -> FusedEmbedding:
     return emb
 
 
+# (embedding, [batch, prefix] ids) while a batch runs against a cached prefix: a ContextVar, as answer_rows and
+# last_position use, so another thread's forward on the same model is not affected
+_PREFIX: ContextVar[tuple[nn.Module | None, torch.Tensor | None]] = ContextVar("recpeft_fusion_prefix",
+                                                                             default=(None, None))
+
+
 @contextmanager
 def prefix_context(model, prefix_ids: torch.Tensor):
     """While a batch runs against a cached prefix ([batch, prefix] ids, one row per batch row), fusion's
     history context counts the prefix's items too. A no-op for a model without fusion."""
-    emb = model.get_input_embeddings()
+    model = getattr(model, "module", model)  # DDP
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if get is not None else None
     if not isinstance(emb, FusedEmbedding):
         yield
         return
-    emb.recpeft_prefix = prefix_ids
+    token = _PREFIX.set((emb, prefix_ids))
     try:
         yield
     finally:
-        emb.recpeft_prefix = None
+        _PREFIX.reset(token)
 
 
 @torch.no_grad()

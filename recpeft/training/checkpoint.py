@@ -100,13 +100,18 @@ def read_state(path: Path) -> dict[str, Any]:
     return _read_state(Path(path))
 
 
+# A setting missing from an older checkpoint means what that code did, which for these is not today's default:
+# fusion_context arrived with default "history", and the runs before it had none.
+ABSENT_MEANS = {"fusion_context": "none"}
+
+
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Settings (other than RUN_KEYS) whose value differs between a checkpoint and cfg."""
     diffs = []
     for key, value in cfg.to_dict().items():
         if key in RUN_KEYS:
             continue
-        old = saved.get(key, FIELDS[key].default)
+        old = saved.get(key, ABSENT_MEANS.get(key, FIELDS[key].default))
         if old != value:
             diffs.append(f"{key} {old!r} there, {value!r} now")
     return diffs
