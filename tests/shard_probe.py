@@ -43,8 +43,10 @@ def worker(rank: int, world: int, port: int, model: str, out_dir: str) -> None:
     from accelerate import PartialState
 
     from recpeft.evaluation import sharding
+    from recpeft.training.launch import closing_process_group
 
-    with sharding.across(PartialState(cpu=True)) as share:
-        results = evaluate_cases(model)
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"results": results, "units": share.units}, f)
+    with closing_process_group():  # as a recpeft worker ends: no gloo abort at exit
+        with sharding.across(PartialState(cpu=True)) as share:
+            results = evaluate_cases(model)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"results": results, "units": share.units}, f)

@@ -2,6 +2,7 @@
 writes; evaluation is shared by the processes and equals one process's; Ctrl-C checkpoints once and exits
 130; a killed run resumes to the uninterrupted adapter. The 2-process runs share one reference run."""
 
+import contextlib
 import json
 import math
 import os
@@ -157,3 +158,24 @@ def test_ctrl_c_then_a_kill_then_resume_give_the_uninterrupted_adapter(two_refer
     assert "checkpoint-21: step 21, epoch 1, batch 6" in done.stdout  # mid-epoch, past an epoch boundary
     assert_same_adapter(adapter(tmp_path / "out"), adapter(ref_work / "out"))
     assert json.loads((tmp_path / "out" / "recpeft.json").read_text())["history"] == ref_meta["history"]
+
+
+@pytest.mark.parametrize("ending, destroyed", [(None, True), (SystemExit(0), True), (SystemExit(130), False),
+                                               (RuntimeError("boom"), False)])
+def test_a_worker_destroys_its_process_group_only_when_it_ended_well(ending, destroyed):
+    """A gloo worker exiting with its group alive can abort at interpreter shutdown (CI saw SIGABRT):
+    a run that ended well, or stopped together (exit 0), destroys the group; an error leaves it."""
+    import torch.distributed as dist
+
+    from recpeft.training.launch import closing_process_group
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        with pytest.raises(type(ending)) if ending else contextlib.nullcontext():
+            with closing_process_group():
+                if ending:
+                    raise ending
+        assert dist.is_initialized() is not destroyed
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -49,10 +49,11 @@ def train(config: Path | None = None, dry_run: bool = False, **flags: Any) -> No
         from recpeft.training.launch import launch
 
         sys.exit(launch(cfg))
-    from recpeft.training.launch import reporting_interrupts
+    from recpeft.training.launch import closing_process_group, reporting_interrupts
     from recpeft.training.trainer import train as run_training
 
-    with reporting_interrupts():  # a worker of --num-processes: the command the user ran reports a Ctrl-C
+    # a worker of --num-processes: the command the user ran reports a Ctrl-C; the group ends cleanly
+    with closing_process_group(), reporting_interrupts():
         result = run_training(cfg)
     if result.output_dir is None and result.metrics.get("steps") is None:
         return

@@ -123,6 +123,33 @@ def reporting_interrupts():
         raise SystemExit(0) from None
 
 
+@contextlib.contextmanager
+def closing_process_group():
+    """Around a worker's whole run: when every process ended well (or stopped together on a Ctrl-C), meet
+    at a barrier and destroy the process group before the interpreter shuts down. A gloo worker that
+    exits with its group alive can abort (SIGABRT, "terminate called without an active exception") while
+    its C++ threads still hold tensors (pytorch/pytorch#179291); CI saw it once in 2 of its DDP runs. The
+    barrier first: a process that destroyed its group while another still scored hung that one (what
+    accelerator.end_training did, see training/tracking.py). After an error nothing is done here: the
+    others may be stuck in a collective, and torchrun stops them."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            _destroy(dist)
+        raise
+    else:
+        _destroy(dist)
+
+
+def _destroy(dist) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def dry_run_first(config_path: str) -> None:
     """One single-process `--dry-run` of the run (model, task, method attached, nothing written): a user
     error found there (a task the data cannot do, unknown target modules, an AdaLoRA schedule with no
