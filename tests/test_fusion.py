@@ -158,6 +158,7 @@ def test_trained_fusion_adapter_is_saved_and_served_as_trained(fused_run):
     assert (folder / "fusion.safetensors").is_file()
     card = (folder / "README.md").read_text()
     assert "## Item fusion" in card and "reads the mean vector of the items before each one" in card
+    assert meta["fusion"]["token_scale"] == meta["metrics"]["fusion_token_scale"]  # measured once, in metrics
     assert f"moved the tokens {meta['fusion']['token_scale']:.1%}" in card
     rec = recpeft.load(folder)
     assert rec.fusion is not None
@@ -287,7 +288,7 @@ def test_recpeft_eval_scores_a_fusion_adapter_with_its_item_tokens(fused_run):
 
 def test_a_scaled_embedding_subclass_keeps_its_own_lookup():
     """Gemma scales its embedding lookups (an nn.Embedding subclass): fusion keeps that forward for real ids."""
-    from recpeft.fusion.module import FusedEmbedding, ItemFusion, embedding_scale, install
+    from recpeft.fusion.module import FusedEmbedding, ItemFusion, embedding_stats, install
 
     class Scaled(torch.nn.Embedding):
         def forward(self, ids):
@@ -296,8 +297,9 @@ def test_a_scaled_embedding_subclass_keeps_its_own_lookup():
     model = torch.nn.Module()
     emb = Scaled(10, 4)
     model.get_input_embeddings = lambda: emb
-    scale = embedding_scale(model)
+    scale, anchor = embedding_stats(model)
     assert scale == pytest.approx(3.0 * float(emb.weight.pow(2).mean().sqrt()), rel=1e-5)
+    assert torch.nn.functional.cosine_similarity(anchor, emb.weight.mean(0), dim=0) > 0.999  # through its lookup
     fusion = ItemFusion(torch.randn(2, 3), hidden=4, scale=scale)
     install(model, fusion)
     assert isinstance(emb, (FusedEmbedding, Scaled))

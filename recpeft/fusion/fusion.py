@@ -9,7 +9,7 @@ from pathlib import Path
 from recpeft.data.schema import Item, RecData
 from recpeft.errors import UserError
 from recpeft.fusion import FILE, SAMPLE_FEATURES
-from recpeft.fusion.module import ItemFusion, embedding_anchor, embedding_scale, install
+from recpeft.fusion.module import ItemFusion, embedding_stats, install
 from recpeft.fusion.tokens import FusionTokenizer, mark
 from recpeft.fusion.vectors import ItemVectors, collaborative, from_file
 
@@ -61,21 +61,22 @@ class Fusion:
     def attach(self, model, trainable: bool = True) -> ItemFusion:
         """Build the projector for this model and make it the model's active fusion module."""
         if self.module is None:
-            emb = model.get_input_embeddings()
-            self.module = ItemFusion(self.vectors.vectors, emb.embedding_dim, self.tokens, self.projector,
-                                     embedding_scale(model), self.context, embedding_anchor(model))
+            scale, anchor = embedding_stats(model)
+            self.module = ItemFusion(self.vectors.vectors, len(anchor), self.tokens, self.projector, scale,
+                                     self.context, anchor)
         for p in self.module.parameters():
             p.requires_grad_(trainable)
         install(model, self.module)
         return self.module
 
-    def record(self) -> dict:
-        """What recpeft.json says of it."""
+    def record(self, token_scale: float | None = None) -> dict:
+        """What recpeft.json says of it; token_scale: how far training moved the tokens (the run's
+        fusion_token_scale, measured once in its metrics)."""
         return {"file": FILE, "source": self.vectors.source, "dim": self.vectors.dim, "items": len(self.vectors.ids),
                 "tokens": self.tokens, "projector": self.projector, "context": self.context,
                 "fingerprint": self.vectors.fingerprint, "features": self.features,
                 "trainable_parameters": sum(p.numel() for p in self.module.parameters()) if self.module else None,
-                "token_scale": round(self.module.token_scale(), 5) if self.module else None}
+                "token_scale": token_scale}
 
     def save(self, folder: Path) -> None:
         """fusion.safetensors: the projector and unknown vector; cf vectors and their ids too (a feature file's

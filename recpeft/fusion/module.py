@@ -59,7 +59,7 @@ class ItemFusion(nn.Module):
         self.readout = 1.0 / math.sqrt(last.in_features)
         # the base model's own embedding scale, so a trained projector's tokens live where word embeddings do
         self.register_buffer("scale", torch.tensor(float(scale)))
-        # The projector's output is added to an anchor: a word-like embedding (embedding_anchor: the mean word
+        # The projector's output is added to an anchor: a word-like embedding (embedding_stats: the mean word
         # direction at the embeddings' RMS). Each layer RMS-normalises its input, so a bare token's size does
         # not matter, only its direction: a zero-started bare token is a full-size arbitrary direction from the
         # first step on, whatever the readout. Against an anchor, the projector's part is a perturbation whose
@@ -175,18 +175,14 @@ def prefix_context(model, prefix_ids: torch.Tensor):
 
 
 @torch.no_grad()
-def embedding_scale(model) -> float:
-    """Root-mean-square of the input embedding's outputs (a model may scale its lookups, as Gemma does)."""
-    return float(_word_embeddings(model).pow(2).mean().sqrt())
-
-
-@torch.no_grad()
-def embedding_anchor(model) -> torch.Tensor:
-    """[hidden] the mean word embedding's direction at the embeddings' RMS: a generic word for soft tokens to
-    start from and move away from (ItemFusion's anchor)."""
+def embedding_stats(model) -> tuple[float, torch.Tensor]:
+    """(scale, anchor) of the model's input embedding, from one pass over its first 8,192 ids: scale is the
+    root-mean-square of its outputs (a model may scale its lookups, as Gemma does); anchor [hidden] is the
+    mean word embedding's direction at that RMS, a generic word for soft tokens to start from and move away
+    from (ItemFusion's anchor)."""
     words = _word_embeddings(model)
-    mean = words.mean(0)
-    return (mean * (words.pow(2).mean().sqrt() / mean.pow(2).mean().sqrt().clamp_min(1e-12))).cpu()
+    scale, mean = words.pow(2).mean().sqrt(), words.mean(0)
+    return float(scale), (mean * (scale / mean.pow(2).mean().sqrt().clamp_min(1e-12))).cpu()
 
 
 def _word_embeddings(model) -> torch.Tensor:

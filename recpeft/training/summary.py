@@ -66,5 +66,5 @@ def adapter_meta(run: Run, final, metrics: dict[str, Any]) -> AdapterMeta:
         # the task that ran (alpaca data turns the default preference into instruction)
         train_config={**cfg.to_dict(), "task": task.name}, metrics=metrics, history=run.progress.history,
         privacy=metrics.get("privacy"),  # the (ε, δ) guarantee of a --dp-epsilon run; None without
-        fusion=run.fusion.record() if run.fusion else None,
+        fusion=run.fusion.record(metrics.get("fusion_token_scale")) if run.fusion else None,
     )
