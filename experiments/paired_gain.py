@@ -8,9 +8,10 @@ paired by position (same seed), and all score the same test examples. Each boots
 examples once and recomputes every run's AUC on them: the interval is the test set's sampling noise of the
 mean gain over these seeds (pairing removes what both groups share); the seeds' own spread shows in the
 gain per seed. Prints the mean gain, its 95% interval, and the gain per seed; writes nothing.
-Examples are resampled one by one: examples of one user (the news sample's 600 test pairs come from 300
-users, two each) share that user's history, so the interval is somewhat narrower than a per-user one; the
-run outputs hold no user ids to resample by.
+Examples of one user (the news sample's 600 test pairs come from 300 users, two each) share that user's
+history, so users are resampled, each with all their examples, when the outputs name them (preference
+runs from 2026-11-30 on); older outputs hold no user ids and their examples are resampled one by one,
+which gives a somewhat narrower interval. The output says which ("resampled").
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     pos = labels == 1
     n_pos, n_neg = pos.sum(), (~pos).sum()
     return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _groups(users: list[str] | None, n: int) -> list[np.ndarray]:
+    """The units a bootstrap draw resamples: each user's example indices, or each example alone."""
+    if users is None:
+        return [np.array([i]) for i in range(n)]
+    by_user: dict[str, list[int]] = {}
+    for i, user in enumerate(users):
+        by_user.setdefault(user, []).append(i)
+    return [np.array(ix) for ix in by_user.values()]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,17 +71,22 @@ def main(argv: list[str] | None = None) -> dict:
     base = np.array([runs[n]["outputs"]["scores"] for n in args.base])
     new = np.array([runs[n]["outputs"]["scores"] for n in args.new])
     per_seed = _auc(labels, new) - _auc(labels, base)
+    users = runs[args.base[0]]["outputs"].get("users")
+    if users is not None and any(runs[n]["outputs"].get("users") != users for n in args.base + args.new):
+        p.error(f"the runs name other users for their examples than {args.base[0]}")
+    groups = _groups(users, len(labels))
     rng = np.random.default_rng(args.seed)
     draws = []
     for _ in range(args.draws):
-        idx = rng.integers(0, len(labels), len(labels))
+        idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
         if labels[idx].min() == labels[idx].max():
             continue
         draws.append(float((_auc(labels[idx], new[:, idx]) - _auc(labels[idx], base[:, idx])).mean()))
     low, high = np.percentile(draws, [2.5, 97.5])
     out = {"experiment": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), "examples": len(labels),
            "base": args.base, "new": args.new, "gain_per_seed": [round(float(g), 4) for g in per_seed],
-           "mean_gain": round(float(per_seed.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+           "mean_gain": round(float(per_seed.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)],
+           "resampled": "pairs" if users is None else f"users ({len(groups)})"}
     print(json.dumps(out, indent=1))
     return out
 

@@ -96,6 +96,11 @@ def test_sharded_evaluation_scores_each_unit_once_and_matches_one_process(tiny_t
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     with sharding.across(SimpleNamespace(process_index=0, num_processes=1)) as one:
         alone = shard_probe.evaluate_cases(str(tiny_task_model))
+    from recpeft.data.formats.csvdir import load_sample
+
+    users = alone["preference"]["outputs"]["users"]  # each pair's user, for a per-user bootstrap (paired_gain.py)
+    assert len(users) == len(alone["preference"]["outputs"]["labels"]) == shard_probe.LIMIT
+    assert set(users) <= {x.user_id for x in load_sample("video").interactions}
     for task, _, _ in shard_probe.CASES:
         for got in (r["results"][task] for r in ranks):
             assert got["outputs"].keys() == alone[task]["outputs"].keys()

@@ -179,6 +179,32 @@ def test_paired_gain_finds_a_real_gain_and_none_between_equal_runs(tmp_path, cap
     assert "pair them by seed" in capsys.readouterr().err
 
 
+def test_paired_gain_resamples_users_when_the_outputs_name_them(tmp_path):
+    """A user's examples share a history: with user ids, a draw takes whole users, and five copies of each
+    example under one user widen the interval about sqrt(5)-fold over resampling pairs one by one."""
+    import numpy as np
+    import paired_gain
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(rng.integers(0, 2, 80), 5)  # 80 users, each with 5 copies of one example
+    base, new = (np.repeat(rng.normal(size=80), 5) + k * labels for k in (0.3, 1.0))
+    users = [f"u{i // 5}" for i in range(400)]
+
+    def interval(with_users: bool) -> dict:
+        runs = [{"name": name, "outputs": {"labels": labels.tolist(), "scores": s.tolist(),
+                                           **({"users": users} if with_users else {})}}
+                for name, s in (("base", base), ("new", new))]
+        path = tmp_path / f"exp{with_users}.json"
+        path.write_text(json.dumps({"runs": runs}))
+        return paired_gain.main([str(path), "--base", "base", "--new", "new", "--draws", "400"])
+
+    by_pair, by_user = interval(False), interval(True)
+    assert by_pair["resampled"] == "pairs" and by_user["resampled"] == "users (80)"
+    assert by_user["mean_gain"] == by_pair["mean_gain"]
+    width = lambda out: out["ci95"][1] - out["ci95"][0]  # noqa: E731
+    assert width(by_user) > 1.7 * width(by_pair)
+
+
 def test_token_scale_probe_shows_a_bare_vector_acts_at_full_size(tiny_model):
     """experiments/token_scale_probe.py on the tiny (RMS-normalised) model: a bare vector at 3% of the embeddings'
     RMS moves the logits several times more than the same 3% added to a word."""
