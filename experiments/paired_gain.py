@@ -47,23 +47,47 @@ def _groups(users: list[str] | None, n: int) -> list[np.ndarray]:
     return [np.array(ix) for ix in by_user.values()]
 
 
+def _results(name: str) -> Path:
+    path = Path(name)
+    return path if path.is_file() else ROOT / "experiments" / "results" / f"{name}.json"
+
+
+def _sample_users(domain: str, labels: list[int], p: argparse.ArgumentParser) -> list[str]:
+    """The users of the embedded sample's test pairs, in the order a run with test_samples 0 scores them."""
+    from recpeft.data import load_data
+    from recpeft.tasks.examples import preference_examples
+
+    test = preference_examples(load_data(domain, None, None))["test"]
+    if [e.label for e in test] != labels:
+        p.error(f"the runs did not score the {domain} sample's {len(test)} test pairs in order: no --users-of")
+    return [e.user_id for e in test]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", help="an experiment name (experiments/results/NAME.json) or a JSON path")
-    p.add_argument("--base", nargs="+", required=True, help="the reference runs, one per seed")
-    p.add_argument("--new", nargs="+", required=True, help="the compared runs, in the same seed order")
+    p.add_argument("--base", nargs="+", required=True,
+                   help="the reference runs, one per seed; OTHER:RUN takes RUN from the experiment OTHER")
+    p.add_argument("--new", nargs="+", required=True, help="the compared runs, in the same seed order (OTHER:RUN too)")
+    p.add_argument("--users-of", metavar="DOMAIN",
+                   help="outputs saved before they named users: take them from the embedded DOMAIN sample's test "
+                        "pairs (all of them, in order; refused unless their labels are the outputs')")
     p.add_argument("--draws", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if len(args.base) != len(args.new):
         p.error(f"--base has {len(args.base)} runs and --new {len(args.new)}: pair them by seed")
-    path = Path(args.experiment)
-    if not path.is_file():
-        path = ROOT / "experiments" / "results" / f"{args.experiment}.json"
-    runs = {r["name"]: r for r in json.loads(path.read_text())["runs"]}
-    missing = [n for n in args.base + args.new if n not in runs or "outputs" not in runs[n]]
+    path = _results(args.experiment)
+    runs, missing = {}, []
+    for ref in args.base + args.new:
+        where, _, name = ref.rpartition(":")
+        found = {r["name"]: r for r in json.loads(_results(where).read_text() if where else path.read_text())["runs"]}
+        if name not in found or "outputs" not in found[name]:
+            missing.append(ref)
+        else:
+            runs[ref] = found[name]
     if missing:
-        p.error(f"no per-example scores for {', '.join(missing)} in {path}")
+        p.error(f"no per-example scores for {', '.join(missing)} (unqualified runs are read from {path})")
     labels = np.array(runs[args.base[0]]["outputs"]["labels"])
     for name in args.base + args.new:
         if runs[name]["outputs"]["labels"] != labels.tolist():
@@ -74,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     users = runs[args.base[0]]["outputs"].get("users")
     if users is not None and any(runs[n]["outputs"].get("users") != users for n in args.base + args.new):
         p.error(f"the runs name other users for their examples than {args.base[0]}")
+    if users is None and args.users_of:
+        users = _sample_users(args.users_of, labels.tolist(), p)
     groups = _groups(users, len(labels))
     rng = np.random.default_rng(args.seed)
     draws = []

@@ -203,6 +203,13 @@ def test_paired_gain_resamples_users_when_the_outputs_name_them(tmp_path):
     assert by_user["mean_gain"] == by_pair["mean_gain"]
     width = lambda out: out["ci95"][1] - out["ci95"][0]  # noqa: E731
     assert width(by_user) > 1.7 * width(by_pair)
+    # a run of another results file, named OTHER:RUN, pairs as if it were in the first
+    (tmp_path / "other.json").write_text((tmp_path / "expFalse.json").read_text())
+    across = paired_gain.main([str(tmp_path / "expFalse.json"), "--base", f"{tmp_path / 'other.json'}:base",
+                               "--new", "new", "--draws", "400"])
+    assert across["mean_gain"] == by_pair["mean_gain"]
+    with pytest.raises(SystemExit):  # these labels are not the news sample's test pairs: no users from it
+        paired_gain.main([str(tmp_path / "expFalse.json"), "--base", "base", "--new", "new", "--users-of", "news"])
 
 
 def test_token_scale_probe_shows_a_bare_vector_acts_at_full_size(tiny_model):
