@@ -115,6 +115,9 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     fusion_cf: str = setting("als", "With --fusion cf: als (implicit's ALS) or bpr (recpeft's BPR).",
                              choices=FUSION_CF_MODELS)
     fusion_dim: int = setting(64, "With --fusion cf: the CF model's factors per item.", range=(2, 1024))
+    fusion_item_stats: bool = setting(False, "With --fusion cf: append each item's training-period statistics to its "
+                                      "factors: log count, and shrunk like-rate (mean rating for --task rating). "
+                                      "Implicit CF factors say who watched what, not how well it was liked.")
     fusion_tokens: int = setting(1, "Soft tokens per item.", range=(1, 16))
     fusion_lr_scale: float = setting(10.0, "With --fusion: the projector's learning rate as a multiple of --lr. AdamW "
                                      "moves every weight at its group's rate; at 1x the sample's tokens moved 1-3% of "
@@ -306,6 +309,8 @@ def check_fusion(cfg: TrainConfig, sourced: dict[str, tuple[Any, str | None]]) -
         raise UserError("--fusion file needs --item-features FILE (.safetensors or .npz)", where("fusion"))
     if cfg.item_features and cfg.fusion != "file":
         raise UserError("--item-features is read only with --fusion file", where("item_features"))
+    if cfg.fusion_item_stats and cfg.fusion != "cf":
+        raise UserError("--fusion-item-stats is read only with --fusion cf", where("fusion_item_stats"))
     if cfg.fusion != "off" and cfg.task == "instruction":
         raise UserError("fusion places item vectors next to catalogue items; instruction data has none",
                         where("fusion"))

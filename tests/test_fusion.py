@@ -107,6 +107,28 @@ def test_collaborative_vectors_come_from_the_training_period_only(tmp_path):
     assert bpr.source == "cf:bpr" and bpr.vectors.shape[1] == 8
 
 
+@pytest.mark.parametrize("task, stat", [("preference", "liked"), ("rating", "rating")])
+def test_item_stats_append_the_training_periods_count_and_rate_to_the_factors(task, stat):
+    from recpeft.baselines.base import train_interactions
+    from recpeft.data import load_data
+    from recpeft.fusion.vectors import collaborative
+
+    data = load_data("video", None, None)
+    plain = collaborative(data, task, "als", dim=8, seed=1)
+    both = collaborative(data, task, "als", dim=8, seed=1, item_stats=True)
+    assert both.source == "cf:als+stats" and both.dim == 10 and both.ids == plain.ids
+    assert both.fingerprint != plain.fingerprint
+    assert torch.equal(both.vectors[:, :8], plain.vectors)  # standardised per column: the factors are unchanged
+    events = [x for x in train_interactions(data, task) if x.item_id in set(both.ids)]
+    values = {i: [float(x.rating) if stat == "rating" else float(x.liked) for x in events if x.item_id == i]
+              for i in both.ids}
+    counts = torch.tensor([float(np.log1p(len(values[i]))) for i in both.ids])
+    g = sum(map(sum, values.values())) / sum(map(len, values.values()))
+    rates = torch.tensor([(sum(v) + 5 * g) / (len(v) + 5) for v in values.values()])
+    for column, raw in ((8, counts), (9, rates)):  # hand-computed, then standardised like every column
+        assert torch.allclose(both.vectors[:, column], (raw - raw.mean()) / raw.std(), atol=1e-4)
+
+
 def test_feature_files_are_read_without_pickle_and_checked(tmp_path):
     from safetensors.numpy import save_file
 
@@ -133,6 +155,7 @@ def test_feature_files_are_read_without_pickle_and_checked(tmp_path):
 @pytest.mark.parametrize("flags, words", [
     ({"fusion": "file"}, "needs --item-features"),
     ({"item_features": "x.npz"}, "only with --fusion file"),
+    ({"fusion": "file", "item_features": "x.npz", "fusion_item_stats": True}, "only with --fusion cf"),
     ({"fusion": "cf", "dp_epsilon": 8.0}, "does not support --fusion"),
     ({"fusion": "nope"}, "unknown fusion 'nope'"),
 ])

@@ -35,7 +35,7 @@ class Fusion:
         if cfg.fusion == "off":
             return None
         if cfg.fusion == "cf":
-            vectors = collaborative(data, cfg.task, cfg.fusion_cf, cfg.fusion_dim, cfg.seed)
+            vectors = collaborative(data, cfg.task, cfg.fusion_cf, cfg.fusion_dim, cfg.seed, cfg.fusion_item_stats)
             return cls(vectors, cfg.fusion_tokens, cfg.fusion_projector, cfg.fusion_context)
         features = features_path(cfg)
         fusion = cls(from_file(features), cfg.fusion_tokens, cfg.fusion_projector, cfg.fusion_context,

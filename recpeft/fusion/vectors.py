@@ -52,9 +52,16 @@ def _make(ids: list[str], raw: np.ndarray, source: str) -> ItemVectors:
     return ItemVectors(list(ids), _standardised(torch.from_numpy(raw.copy())), source, _fingerprint(ids, raw))
 
 
-def collaborative(data, task: str, model: str = "als", dim: int = 64, seed: int = 0) -> ItemVectors:
+def collaborative(data, task: str, model: str = "als", dim: int = 64, seed: int = 0,
+                  item_stats: bool = False) -> ItemVectors:
     """Item factors of a CF model fitted on the task's train period; items it never saw are left out
-    (they get the learned unknown vector)."""
+    (they get the learned unknown vector). item_stats: two more columns, the item's log count and shrunk
+    like-rate (mean rating for the rating task) over the same period (source "cf:als+stats").
+
+    Those statistics include the training prompts' own targets (a frozen table cannot leave one example
+    out, as the logistic-regression baseline does): each moves its item's rate by 1 / (count + 5), which
+    the test pairs, from a later period, never get. That can only make the adapter trust rare items'
+    rates too much; it cannot leak a test label."""
     from recpeft.baselines.base import train_interactions
 
     if model not in CF_MODELS:
@@ -63,9 +70,18 @@ def collaborative(data, task: str, model: str = "als", dim: int = 64, seed: int 
     ids = sorted({x.item_id for x in events})
     if len(ids) < 2:
         raise UserError(f"data '{data.name}' has {len(ids)} items in its training period; fusion needs more")
-    if model == "bpr":
-        return _make(ids, _bpr(data, task, events, ids, dim, seed), "cf:bpr")
-    return _make(ids, _als(events, ids, dim, seed), "cf:als")
+    factors = _bpr(data, task, events, ids, dim, seed) if model == "bpr" else _als(events, ids, dim, seed)
+    if not item_stats:
+        return _make(ids, factors, f"cf:{model}")
+    return _make(ids, np.concatenate([factors, _stats(events, ids, task)], axis=1), f"cf:{model}+stats")
+
+
+def _stats(events, ids: list[str], task: str) -> np.ndarray:
+    """[log count, shrunk like-rate or mean rating] per item, the popularity baseline's statistics."""
+    from recpeft.baselines.popularity import ItemStats
+
+    stats = ItemStats(events, "rating" if task == "rating" else "preference")
+    return np.array([[stats.log_count(i), stats.mean(i)] for i in ids], dtype=np.float32)
 
 
 def _als(events, ids: list[str], dim: int, seed: int) -> np.ndarray:
