@@ -51,9 +51,13 @@ class PreferenceTask(Task):
     def evaluate(self, model, evalset: EvalSet, batch_size: int = 16, device=None, progress=None) -> Evaluation:
         probs = score(model, evalset.rows, self.answer_ids, self.tok.pad_token_id, batch_size, device, progress)
         labels = [r.label for r in evalset.rows]
-        # the users too: a user's pairs share a history, so an interval should resample users (paired_gain.py)
-        users = [e.user_id for e in evalset.examples]
-        return Evaluation(binary_metrics(labels, probs), {"labels": labels, "scores": probs, "users": users})
+        outputs = {"labels": labels, "scores": probs}
+        # the users too: a user's pairs share a history, so an interval should resample users (paired_gain.py);
+        # instruction records (a subclass) belong to no user
+        users = [getattr(e, "user_id", None) for e in evalset.examples]
+        if None not in users:
+            outputs["users"] = users
+        return Evaluation(binary_metrics(labels, probs), outputs)
 
     def verbalizer(self) -> dict:
         return {"answers": list(self.answers), "token_ids": self.answer_ids}
