@@ -10,8 +10,9 @@ mean gain over these seeds (pairing removes what both groups share); the seeds' 
 gain per seed. Prints the mean gain, its 95% interval, and the gain per seed; writes nothing.
 Examples of one user (the news sample's 600 test pairs come from 300 users, two each) share that user's
 history, so users are resampled, each with all their examples, when the outputs name them (preference
-runs from 2026-11-30 on); older outputs hold no user ids and their examples are resampled one by one,
-which gives a somewhat narrower interval. The output says which ("resampled").
+runs from 2026-11-30 on; older runs borrow them from a compared run that names them, or else from any
+run of the experiment with the same labels); outputs that all predate user ids are resampled example by
+example, which gives a somewhat narrower interval. The output says which ("resampled").
 """
 
 from __future__ import annotations
@@ -95,9 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     base = np.array([runs[n]["outputs"]["scores"] for n in args.base])
     new = np.array([runs[n]["outputs"]["scores"] for n in args.new])
     per_seed = _auc(labels, new) - _auc(labels, base)
-    users = runs[args.base[0]]["outputs"].get("users")
-    if users is not None and any(runs[n]["outputs"].get("users") != users for n in args.base + args.new):
-        p.error(f"the runs name other users for their examples than {args.base[0]}")
+    # Runs saved before outputs named users borrow them from a run that names them, among those compared or
+    # else any other run of the experiment that scored the same labels (the same test examples, in order).
+    named = [n for n in args.base + args.new if runs[n]["outputs"].get("users") is not None]
+    users = runs[named[0]]["outputs"]["users"] if named else None
+    if users is None:
+        others = [r["outputs"] for r in json.loads(path.read_text())["runs"] if "users" in r.get("outputs", {})]
+        users = next((o["users"] for o in others if o["labels"] == labels.tolist()), None)
+    if any(runs[n]["outputs"]["users"] != users for n in named):
+        p.error(f"the runs name other users for their examples than {named[0]}")
     if users is None and args.users_of:
         users = _sample_users(args.users_of, labels.tolist(), p)
     groups = _groups(users, len(labels))
