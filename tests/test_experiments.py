@@ -251,3 +251,15 @@ def test_cf_oracle_reads_the_history_under_its_polarity(capsys):
     assert out["test_pairs"] == 600 and set(full) >= {"cf:als [v]", "cf:als+stats [v, liked, disliked]"}
     assert full["cf:als [v, liked, disliked]"] > full["cf:als [v]"] + 0.1
     assert all(0.0 <= v <= 1.0 for v in full.values())
+
+
+def test_dp_noise_gives_the_sigma_of_the_recorded_run_and_refuses_a_bad_schedule():
+    """256 examples, batch 8, 64 steps at ε 8 is the ml100k_dp protocol, whose run recorded σ 0.61
+    (docs/privacy.md); a larger expected batch means less noise on the mean gradient."""
+    import dp_noise
+
+    small, large = dp_noise.main(["--schedule", "256:8:64", "2048:1024:8"])
+    assert abs(small["sigma"] - 0.609) < 0.002 and small["epochs"] == 2.0
+    assert large["noise_norm_over_clip"] < 1 < small["noise_norm_over_clip"]
+    with pytest.raises(SystemExit):
+        dp_noise.main(["--schedule", "256:8"])
