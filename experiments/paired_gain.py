@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     if len(args.base) != len(args.new):
         p.error(f"--base has {len(args.base)} runs and --new {len(args.new)}: pair them by seed")
     path = _results(args.experiment)
+    own = json.loads(path.read_text())["runs"]  # read once: the unqualified runs, and users to borrow
     runs, missing = {}, []
     for ref in args.base + args.new:
         where, _, name = ref.rpartition(":")
-        found = {r["name"]: r for r in json.loads(_results(where).read_text() if where else path.read_text())["runs"]}
+        found = {r["name"]: r for r in (json.loads(_results(where).read_text())["runs"] if where else own)}
         if name not in found or "outputs" not in found[name]:
             missing.append(ref)
         else:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     named = [n for n in args.base + args.new if runs[n]["outputs"].get("users") is not None]
     users = runs[named[0]]["outputs"]["users"] if named else None
     if users is None:
-        others = [r["outputs"] for r in json.loads(path.read_text())["runs"] if "users" in r.get("outputs", {})]
+        others = [r["outputs"] for r in own if "users" in r.get("outputs", {})]
         users = next((o["users"] for o in others if o["labels"] == labels.tolist()), None)
     if any(runs[n]["outputs"]["users"] != users for n in named):
         p.error(f"the runs name other users for their examples than {named[0]}")
