@@ -144,12 +144,20 @@ def test_transfer_matrix_at_smoke_test_size(tiny_task_model, tmp_path, capsys):
     m = first["matrix"]
     assert m["rows"] == ["base", "news", "video", "news+video"] and m["cols"] == ["news", "video"]
     assert all(0 <= m["auc"][r][c] <= 1 for r in m["rows"] for c in m["cols"]) and m["n"] == {"news": 8, "video": 8}
+    assert m["seeds"]["news"] == [42, 43] and m["seeds"]["base"] == []
+    per_seed = [first["cells"][f"news@{s} -> video"]["auc"] for s in (42, 43)]
+    assert m["auc_per_seed"]["news"]["video"] == per_seed and m["auc"]["news"]["video"] == pytest.approx(
+        sum(per_seed) / 2)
     assert m["gain_over_base"]["news"]["video"] == m["auc"]["news"]["video"] - m["auc"]["base"]["video"]
-    combined = json.loads((tmp_path / "adapters" / "news+video" / "recpeft.json").read_text())
+    assert len([k for k in first["cells"] if k.startswith("base ")]) == 2  # the base is scored once, not per seed
+    combined = json.loads((tmp_path / "adapters" / "news+video-seed43" / "recpeft.json").read_text())
     assert [s["weight"] for s in combined["combination"]["sources"]] == [0.5, 0.5]
     capsys.readouterr()
     again = transfer.run("transfer", resume=True, **kw)  # every adapter and cell kept
     assert again["cells"] == first["cells"] and "[transfer]" not in capsys.readouterr().out
+    spec = first["spec"]  # adding seeds keeps the cells; any other change does not
+    assert transfer._same_experiment({"spec": {**spec, "seeds": [42]}}, spec)
+    assert not transfer._same_experiment({"spec": {**spec, "eval": {"history_len": 5}}}, spec)
 
 
 def test_paired_gain_finds_a_real_gain_and_none_between_equal_runs(tmp_path, capsys):
