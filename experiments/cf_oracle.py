@@ -75,16 +75,19 @@ def main(argv: list[str] | None = None) -> dict:
     test, labels = splits["test"], [ex.label for ex in splits["test"]]
     out: dict = {"data": args.data, "test_pairs": len(test), "train_examples": len(splits["train"]),
                  "history_len": args.history_len}
-    for stats in (False, True):
-        vectors = collaborative(data, "preference", "als", args.dim, args.seed, item_stats=stats)
-        table = dict(zip(vectors.ids, vectors.vectors.numpy().astype(np.float64)))
+    # one ALS fit: the vectors are standardised column by column, so the factors without the two statistics
+    # columns are exactly what `collaborative(..., item_stats=False)` returns
+    vectors = collaborative(data, "preference", "als", args.dim, args.seed, item_stats=True)
+    full = vectors.vectors.numpy().astype(np.float64)
+    for source, columns in (("cf:als", full[:, :-2]), (vectors.source, full)):
+        table = dict(zip(vectors.ids, columns))
         for kind in ("v", "v, v*h", "v, liked, disliked", "v, liked, disliked, user's like-rate"):
             for n in (args.train_samples, 0):
                 train = subsample(splits["train"], n, args.seed)
                 model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
                 model.fit(matrix(table, train, kind, args.history_len), [ex.label for ex in train])
                 score = model.predict_proba(matrix(table, test, kind, args.history_len))[:, 1]
-                key = f"{vectors.source} [{kind}], fitted on {len(train)}"
+                key = f"{source} [{kind}], fitted on {len(train)}"
                 out[key] = round(auc(labels, score.tolist()), 4)
                 print(f"{key}: {out[key]}", file=sys.stderr)
     print(json.dumps(out, indent=1))

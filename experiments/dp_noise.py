@@ -27,14 +27,10 @@ DEFAULT_SCHEDULES = ["256:8:64", "256:64:16", "256:256:8", "2048:256:16", "2048:
 
 def noise(n: int, batch: int, steps: int, epsilon: float, params: int, clip: float = 1.0) -> dict:
     """The σ a run with these settings gets, as recpeft.training.privacy computes it (example level)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    from recpeft.training.privacy import ACCOUNTANT, _quiet, delta_for
+    from recpeft.training.privacy import delta_for, noise_multiplier
 
     delta, rate = delta_for(n), 1.0 / math.ceil(n / batch)  # the run's q: one Poisson batch per step of an epoch
-    with _quiet():
-        sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
-                                     accountant=ACCOUNTANT)
+    sigma = noise_multiplier(epsilon, delta, rate, steps)
     return {"examples": n, "expected_batch": batch, "steps": steps, "epochs": round(rate * steps, 2),
             "delta": delta, "sigma": round(sigma, 3), "noise_per_coordinate": round(sigma * clip / batch, 5),
             "noise_norm_over_clip": round(sigma / batch * math.sqrt(params), 2)}

@@ -42,6 +42,16 @@ def delta_for(n: int) -> float:
     return min(1e-5, 1.0 / (10 * n))
 
 
+def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The σ that makes `steps` Poisson-sampled DP-SGD steps at `sample_rate` (ε, δ)-private, from opacus'
+    accountant (ACCOUNTANT). ValueError when no σ below opacus' maximum reaches ε."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with _quiet():
+        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                    steps=steps, accountant=ACCOUNTANT)
+
+
 def cap_per_user(examples: list, k: int, seed: int) -> list:
     """At most k examples of each user (`user_id`), in the original order: a user with more keeps k drawn
     uniformly without replacement by an RNG seeded from (seed, user id). The choice for one user depends
@@ -183,7 +193,6 @@ class Privacy:
         Returns (optimizer, loader, sampler): opacus' DPOptimizer, the loader and its sampler (set_epoch).
         The model keeps its type: opacus' hooks go on the adapter's layers only (wrap_model=False)."""
         from opacus import PrivacyEngine
-        from opacus.accountants.utils import get_noise_multiplier
 
         from recpeft.kernels.gpu import pad_multiple
         from recpeft.tasks.batches import EncodedDataset
@@ -199,9 +208,8 @@ class Privacy:
         self.sample_rate, self.planned_steps = 1.0 / steps_per_epoch, run.total_steps
         with _quiet():
             try:
-                self.noise_multiplier = get_noise_multiplier(
-                    target_epsilon=self.example_epsilon, target_delta=self.example_delta,
-                    sample_rate=self.sample_rate, steps=self.planned_steps, accountant=ACCOUNTANT)
+                self.noise_multiplier = noise_multiplier(self.example_epsilon, self.example_delta,
+                                                         self.sample_rate, self.planned_steps)
             except ValueError as exc:  # opacus: no noise multiplier below its maximum reaches the target
                 per_example = (f" (user-level: example-level ε₀ = {self.example_epsilon:.3g} at δ₀ = "
                                f"{self.example_delta:.3g} for --dp-max-examples-per-user {self.k})" if self.k else "")
