@@ -141,6 +141,7 @@ TASK_WORDS = {
     "click": "will the user click the item: a Yes/No answer",
     "rating": "the user's 1-5 rating, read from the digit tokens",
     "ranking": "next-item ranking, each candidate scored by P(Yes)",
+    "choice": "next-item ranking as one question, the candidates under letters, scored by the letters' logits",
     "interests": "the user's favourite categories, generated as a list",
 }
 

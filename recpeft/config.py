@@ -30,6 +30,7 @@ from recpeft.methods import METHODS
 from recpeft.methods.settings import AdaLoraSettings, AdapterSettings, LoraSettings, setting
 from recpeft.tasks import TASKS
 from recpeft.tasks.profiles import PROFILE_SOURCES
+from recpeft.tasks.prompts import CHOICE_LETTERS
 
 BITS = (0, 4, 8, 16, 32)
 LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/training/tracking.py)
@@ -55,7 +56,8 @@ class RunSettings:
     task: str = setting("preference", f"Task: {', '.join(TASKS)}.", choices=tuple(TASKS))
     train_samples: int = setting(0, "Train on a seeded subset of this many examples (few-shot; 0 = all).",
                                  range=(0, None))
-    negatives: int = setting(19, "Ranking: sampled negatives per true next item (seeded).", range=(1, 10_000))
+    negatives: int = setting(19, "Ranking: sampled negatives per true next item (seeded; at most 19 with --task "
+                             "choice).", range=(1, 10_000))
     # optimisation
     max_steps: int = setting(48, "Optimiser steps; 0 = run --epochs full passes.", range=(0, None))
     epochs: int = setting(1, "Passes over the training examples when --max-steps is 0.", range=(1, None))
@@ -283,6 +285,10 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
         where = sourced.get("critique_share", (None, None))[1]
         raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)
     check_fusion(cfg, sourced)
+    if cfg.task == "choice" and cfg.negatives + 1 > len(CHOICE_LETTERS):
+        raise UserError(f"the choice task lists at most {len(CHOICE_LETTERS)} candidates under letters; negatives "
+                        f"{cfg.negatives} makes {cfg.negatives + 1} (use at most {len(CHOICE_LETTERS) - 1})",
+                        sourced.get("negatives", (None, None))[1])
     if cfg.ranking_loss == "listwise" and cfg.task != "ranking":
         raise UserError(f"ranking_loss listwise trains the ranking task, not {cfg.task}",
                         sourced.get("ranking_loss", (None, None))[1])

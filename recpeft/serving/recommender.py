@@ -16,6 +16,10 @@ A new user with no history can be described instead (cold start; train with `--t
     rec.rank(profile={"age": 25, "gender": "F", "occupation": "writer", "likes": ["Sci-Fi"]}, candidates=[...])
 
 A mapping is rendered with the very words training used (recpeft.tasks.profiles.render_profile).
+
+An adapter trained with `--task choice` reads all candidates in one question, under letters
+(recpeft.tasks.choice): its scores are each candidate's probability of being the one chosen (they sum to 1
+over the list), and it takes at most 20 candidates per request.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from recpeft.artifacts import check_adapter_dir
 from recpeft.data.schema import Item
 from recpeft.domains import get_domain
 from recpeft.errors import UserError
+from recpeft.evaluation.scoring import all_answer_logits
 from recpeft.serving.bank import AdapterBank
 from recpeft.serving.prefix import (
     SENTINEL,
@@ -39,12 +44,15 @@ from recpeft.serving.prefix import (
     naive_answer_logits,
     split_prompt,
 )
+from recpeft.tasks.batches import Encoded
 from recpeft.tasks.profiles import as_profile
 from recpeft.tasks.prompts import (
+    CHOICE_SYSTEM,
     RATING_ANSWERS,
     RATING_SYSTEM,
     TEXT_SYSTEM,
     answer_token_ids,
+    choice_message,
     interests_message,
     pitch_message,
     profile_message,
@@ -59,7 +67,8 @@ Profile = str | Mapping[str, object]
 
 @dataclass(frozen=True)
 class Prepared:
-    """One scoring request, tokenised: the prompt prefix shared by its items, and each item's suffix."""
+    """One scoring request, tokenised: the prompt prefix shared by its items, and each item's suffix. For a
+    choice adapter the prefix is the whole question and each item's suffix is empty."""
 
     prefix_ids: list[int]
     suffixes: list[list[int]]
@@ -115,6 +124,7 @@ class Recommender:
         self.method: str = meta.method
         self.history_len: int = int(meta.train_config.get("history_len") or 10)
         self.answer_ids: list[int] = list(meta.verbalizer["token_ids"])
+        self.choice = meta.task == "choice"  # one multiple-choice question per request (recpeft.tasks.choice)
         self._rating_ids: list[int] | None = None
         self._catalog: list[Item] | None = None
 
@@ -152,12 +162,34 @@ class Recommender:
         session's free-text requests ("less violent"), shown after the history (recpeft.serving.session)."""
         if not items:
             raise UserError("no items to score")
+        if self.choice:
+            return self._choice_question(history, items, profile, critiques)
         split = self._preference_split(history, profile, critiques)
         return Prepared(split.prefix_ids, [split.suffix_ids(self.tokenizer, self._item(x).text()) for x in items])
 
+    def _choice_question(self, history: Sequence[HistoryEntry], items: Sequence[ItemLike], profile: Profile | None,
+                         critiques: Sequence[str]) -> Prepared:
+        """A choice adapter's request: the whole question, the items under letters in the order given."""
+        if len(items) > len(self.answer_ids):
+            raise UserError(f"adapter '{self.name}' (task choice) ranks at most {len(self.answer_ids)} candidates in "
+                            f"one question, got {len(items)}; cut the list first (e.g. to a retrieval model's top "
+                            f"{len(self.answer_ids)})")
+        rated = self._recent(history)
+        message = choice_message([r.item for r in rated if r.liked], [r.item for r in rated if not r.liked],
+                                 [self._item(x) for x in items], self.domain, tuple(critiques),
+                                 None if profile is None else as_profile(profile))
+        ids = self.tokenizer(render(self.tokenizer, message, CHOICE_SYSTEM), add_special_tokens=False)["input_ids"]
+        return Prepared(ids, [[] for _ in items])
+
     def score_prepared(self, requests: Sequence[Prepared], batch_size: int = 64, interrupt=None) -> list[list[float]]:
         """P(like / click) for several prepared requests, computed together (one batched cached-prefix
-        call). interrupt: see `AdapterBank.use`."""
+        call); for a choice adapter, each item's probability of being chosen, one forward per request.
+        interrupt: see `AdapterBank.use`."""
+        if self.choice:
+            rows = [Encoded(r.prefix_ids, 0) for r in requests]
+            with self.bank.use(self.name, interrupt) as model:
+                logits = all_answer_logits(model, rows, self.answer_ids, self.tokenizer.pad_token_id, batch_size)
+            return [torch.softmax(row[: len(r.suffixes)], dim=-1).tolist() for row, r in zip(logits, requests)]
         with self.bank.use(self.name, interrupt) as model:
             logits = cached_answer_logits_many(model, [(r.prefix_ids, r.suffixes) for r in requests],
                                                self.answer_ids, self.tokenizer.pad_token_id, batch_size)
@@ -177,7 +209,7 @@ class Recommender:
         reference path instead (a full forward per item, `batch_size` rows at a time). profile: the user's
         self-description, shown before the history (see the module docstring).
         """
-        if naive:
+        if naive and not self.choice:  # a choice question has one path: a single forward
             if not items:
                 raise UserError("no items to score")
             logits = self._logits(self._preference_split(history, profile), items, self.answer_ids, True, batch_size)

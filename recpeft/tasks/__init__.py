@@ -8,6 +8,7 @@ classical baselines read the same splits and candidates.
     preference  Yes/No like prediction (TALLRec), AUC          click      the same on click labels
     rating      1-5 from the digit tokens, RMSE / MAE          ranking    1 + K candidates, NDCG@10
     profile     ranking for held-out users known by a profile text (cold start), NDCG@10
+    choice      ranking as one multiple-choice question, the candidates under letters (LlamaRec), NDCG@10
     interests   generated category list, F1 vs. the future
     instruction alpaca / TALLRec records as they are: Yes/No AUC, or LM loss + exact match
 """
@@ -30,6 +31,7 @@ TASKS: dict[str, str] = {
     "click": "recpeft.tasks.preference:ClickTask",
     "rating": "recpeft.tasks.rating:RatingTask",
     "ranking": "recpeft.tasks.ranking:RankingTask",
+    "choice": "recpeft.tasks.choice:ChoiceTask",
     "profile": "recpeft.tasks.profile:ProfileTask",
     "interests": "recpeft.tasks.interests:InterestsTask",
     "instruction": "recpeft.tasks.instruction:InstructionTask",

@@ -16,6 +16,8 @@ TEMPLATE_ID = "pref-v1"
 SYSTEM = "You are a recommender system. Answer with Yes or No."
 RATING_SYSTEM = "You are a recommender system. Answer with a single digit from 1 to 5."
 TEXT_SYSTEM = "You are a recommender system."
+CHOICE_SYSTEM = "You are a recommender system. Answer with the letter of one candidate."
+CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRST"  # the choice task's index letters: at most 20 candidates, as in LlamaRec
 RATING_ANSWERS = ("1", "2", "3", "4", "5")
 
 
@@ -56,6 +58,22 @@ def profile_message(profile: str | None, liked: list[Item], disliked: list[Item]
         lines.append(f"The user asks for: {'; '.join(critiques)}.")
     return "\n".join(lines) + (f"\nWill the user {domain.positive_verb} this {domain.item_noun}? "
                                f"{domain.item_noun.capitalize()}: {target.text()}")
+
+
+def choice_message(liked: list[Item], disliked: list[Item], candidates: list[Item], domain: Domain,
+                   critiques: tuple[str, ...] | list[str] = (), profile: str | None = None) -> str:
+    """Next-item ranking as one multiple-choice question (the choice task): the history (after a profile,
+    when serving is given one), a session's critiques, then the candidates under index letters; the answer is
+    a letter. The candidates come last, so a shortened history never drops one."""
+    if len(candidates) > len(CHOICE_LETTERS):
+        raise ValueError(f"{len(candidates)} candidates; a choice question lists at most {len(CHOICE_LETTERS)}")
+    lines = [f"About the user: {profile}"] if profile is not None else []
+    lines += [f"{domain.liked_word}: {_items(liked)}.", f"{domain.disliked_word}: {_items(disliked)}."]
+    if critiques:
+        lines.append(f"The user asks for: {'; '.join(critiques)}.")
+    lines.append(f"Which {domain.item_noun} will the user {domain.positive_verb} next? Candidates:")
+    lines += [f"{letter}. {item.text()}" for letter, item in zip(CHOICE_LETTERS, candidates)]
+    return "\n".join(lines)
 
 
 def category_critique(category: str) -> str:
