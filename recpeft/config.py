@@ -166,6 +166,11 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     dp_max_grad_norm: float = setting(1.0, "With --dp-epsilon: per-example gradient clipping norm.")
     dp_max_examples_per_user: int = setting(0, "With --dp-epsilon: user-level DP, at most this many training "
                                             "examples per user; 0 = example-level DP.", range=(0, 1_000_000))
+    dp_max_physical_batch: int = setting(0, "With --dp-epsilon: the most examples in one forward pass. A larger "
+                                         "Poisson batch (--batch-size is its expected size) runs in pieces whose "
+                                         "clipped gradients add up to one noisy step (opacus' virtual steps): "
+                                         "large batches in little memory. 0 = each batch in one pass.",
+                                         range=(0, 1_000_000))
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("adapters") / self.domain

@@ -159,7 +159,8 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_step(tiny_model, small_news,
     whose gradient must be exactly zero, and still adds the noise (skipping it would reveal the empty batch)."""
     sizes = []
     real = privacy.collate_or_stand_in
-    monkeypatch.setattr(privacy, "collate_or_stand_in", lambda rows, *a: sizes.append(len(rows)) or real(rows, *a))
+    monkeypatch.setattr(privacy, "collate_or_stand_in",  # rows: the batch's examples and the end-of-batch mark
+                        lambda rows, *a: sizes.append(sum(r is not None for r in rows)) or real(rows, *a))
     seen = record_updates(monkeypatch)
     result = train(build_config(**settings(tiny_model, small_news, tmp_path, batch_size=1, max_steps=8,
                                            checkpoint_every=0)), show_progress=False)
@@ -169,6 +170,44 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_step(tiny_model, small_news,
     for i, (std, batch, summed) in enumerate(seen):
         assert std == pytest.approx(sigma / batch, rel=0.15)
         assert (summed == 0) == (i in empty)
+
+
+def test_poisson_batches_split_into_pieces_that_mark_the_end_of_each_batch():
+    whole, split = privacy.PoissonBatches(40, 4, seed=3), privacy.PoissonBatches(40, 4, seed=3, physical=3)
+    batches, pieces = list(whole), list(split)
+    assert all(b[-1] == privacy.LAST and privacy.LAST not in b[:-1] for b in batches)  # unsplit: one piece each
+    assert len(pieces) > len(batches) == len(split) == 4 and all(len(p) <= 3 + 1 for p in pieces)
+    regrouped, current = [], []
+    for piece in pieces:
+        current += piece
+        if piece and piece[-1] == privacy.LAST:
+            regrouped.append(current)
+            current = []
+    assert regrouped == batches and not current  # the same examples, in order, the mark closing each batch
+    assert privacy.PoissonBatches(40, 4, seed=3, physical=3).__iter__().__next__() == pieces[0]  # replayable
+
+
+def test_a_batch_run_in_pieces_takes_the_same_noisy_steps(tiny_model, small_news, tmp_path, monkeypatch):
+    """--dp-max-physical-batch: the pieces' clipped per-example gradients add up to one step with the whole
+    batch's noise, so the run counts the same steps, spends the same ε and ends at the same adapter as the
+    run that takes each batch in one pass (dropout off: its masks would differ between the two)."""
+    runs, seen = {}, record_updates(monkeypatch)
+    for physical in (0, 2):
+        work, before = tmp_path / f"physical-{physical}", len(seen)
+        result = train(build_config(**settings(tiny_model, small_news, work, max_steps=6, checkpoint_every=0,
+                                               lora_dropout=0.0, dp_max_physical_batch=physical)),
+                       show_progress=False)
+        runs[physical] = (result, seen[before:], adapter(work / "out"))
+    (whole, whole_seen, whole_weights), (split, split_seen, split_weights) = runs[0], runs[2]
+    assert len(whole.losses) == 6 < len(split.losses)  # more forward passes, no more steps
+    assert len(split_seen) == len(whole_seen) == 6 == split.metrics["privacy"]["steps"]
+    assert split.metrics["privacy"]["epsilon_spent"] == whole.metrics["privacy"]["epsilon_spent"]
+    assert split.metrics["privacy"]["max_physical_batch"] == 2
+    for (std, batch, summed), (std0, batch0, summed0) in zip(split_seen, whole_seen):
+        assert batch == batch0 and summed == pytest.approx(summed0, rel=1e-4, abs=1e-6)
+        assert std == pytest.approx(std0, rel=1e-3)
+    for name in whole_weights:
+        torch.testing.assert_close(split_weights[name], whole_weights[name], atol=1e-5, rtol=0, msg=name)
 
 
 def test_the_noise_check_catches_a_run_without_noise(tiny_model, small_news, tmp_path, monkeypatch):
@@ -286,10 +325,12 @@ def test_the_cli_refuses_adalora_with_dp_in_one_line(tmp_path):
 # ------------------------------------------------------------------------------ resume
 
 
-def test_sigkilled_dp_run_resumes_to_the_same_adapter_and_epsilon(tiny_model, small_news, tmp_path):
+@pytest.mark.parametrize("physical", [0, 2])  # 2: batches in pieces, so a resume skips pieces, not batches
+def test_sigkilled_dp_run_resumes_to_the_same_adapter_and_epsilon(physical, tiny_model, small_news, tmp_path):
     ref_dir, work = tmp_path / "ref", tmp_path / "killed"
-    reference = train(build_config(**settings(tiny_model, small_news, ref_dir)), show_progress=False)
-    values = settings(tiny_model, small_news, work)
+    extra = {"dp_max_physical_batch": physical} if physical else {}
+    reference = train(build_config(**settings(tiny_model, small_news, ref_dir, **extra)), show_progress=False)
+    values = settings(tiny_model, small_news, work, **extra)
     args = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))
             if k != "base_test"] + ["--no-base-test"]
     work.mkdir()

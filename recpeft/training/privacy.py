@@ -33,7 +33,8 @@ SUPPORTED_METHODS = ("lora", "adapter")
 # (a loss averaged over the tokens of the whole batch) are neither.
 SUPPORTED_TASKS = ("preference", "click", "rating")
 ACCOUNTANT = "rdp"  # opacus' Rényi-DP accountant: deterministic, and its history is plain numbers
-DP_KEYS = ("dp_delta", "dp_max_grad_norm", "dp_max_examples_per_user")  # settings that mean nothing without dp_epsilon
+# settings that mean nothing without dp_epsilon
+DP_KEYS = ("dp_delta", "dp_max_grad_norm", "dp_max_examples_per_user", "dp_max_physical_batch")
 
 
 def delta_for(n: int) -> float:
@@ -149,26 +150,51 @@ def for_run(cfg, data, domain) -> Privacy | None:
     return Privacy(cfg, n, delta, users)
 
 
+LAST = -1  # the index PoissonBatches appends to the last piece of a Poisson batch (read by collate_or_stand_in)
+
+
 class PoissonBatches:
     """opacus' Poisson sampler (each example joins a batch with probability q, independently), drawn
     from a generator seeded by (seed, epoch): an epoch's batches are the same however often it is
-    replayed, so a resumed run skips the batches it trained and meets the same ones next."""
+    replayed, so a resumed run skips the batches it trained and meets the same ones next.
 
-    def __init__(self, n: int, steps: int, seed: int):
+    physical > 0 splits each batch into pieces of at most that many examples, in order; the last piece
+    carries the LAST index, so that its batch says `dp_last` and the trainer steps (and counts a step)
+    only then. This is opacus' BatchMemoryManager, whose sampler signals the optimiser as it is iterated;
+    here the mark travels with the batch, which stays right however far ahead accelerate's loader reads."""
+
+    def __init__(self, n: int, steps: int, seed: int, physical: int = 0):
         from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
         self.sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=1.0 / steps, steps=steps)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.physical = seed, 0, physical
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         self.sampler.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(self.sampler)
+        for batch in self.sampler:
+            size = self.physical or max(1, len(batch))
+            pieces = [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
+            yield from pieces[:-1]
+            yield pieces[-1] + [LAST]
+
+    def __len__(self) -> int:  # Poisson batches (optimiser steps) per epoch, not pieces
+        return len(self.sampler)
+
+
+class PrivateRows(torch.utils.data.Dataset):
+    """The training rows, and None at index LAST (the end-of-batch mark)."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return None if i == LAST else self.rows[i]
 
 
 class Privacy:
@@ -183,7 +209,7 @@ class Privacy:
         # what the accountant is run for: the example-level (ε₀, δ₀) whose group privacy is the target
         self.example_epsilon, self.example_delta = (example_target(cfg.dp_epsilon, delta, self.k) if self.k
                                                     else (cfg.dp_epsilon, delta))
-        self.engine = None
+        self.engine = self.optimizer = None
         self.noise_multiplier = self.sample_rate = math.nan
         self.planned_steps = 0
 
@@ -195,15 +221,14 @@ class Privacy:
         from opacus import PrivacyEngine
 
         from recpeft.kernels.gpu import pad_multiple
-        from recpeft.tasks.batches import EncodedDataset
 
         cfg, rows = self.cfg, run.train_rows
         if len(rows) != self.n:  # the count made before the model loaded must be the rows trained on
             raise RuntimeError(f"privacy: counted {self.n} training examples but the task encoded {len(rows)}")
         steps_per_epoch = len(run.train_loader)  # ceil(N / batch): sampling rate q = 1 / that, as opacus does
-        batches = PoissonBatches(self.n, steps_per_epoch, cfg.seed)
+        batches = PoissonBatches(self.n, steps_per_epoch, cfg.seed, cfg.dp_max_physical_batch)
         pad, multiple = run.tok.pad_token_id, pad_multiple(run.accelerator.device.type == "cuda")
-        loader = torch.utils.data.DataLoader(EncodedDataset(rows), batch_sampler=batches,
+        loader = torch.utils.data.DataLoader(PrivateRows(rows), batch_sampler=batches,
                                              collate_fn=lambda b: collate_or_stand_in(b, pad, multiple))
         self.sample_rate, self.planned_steps = 1.0 / steps_per_epoch, run.total_steps
         with _quiet():
@@ -220,7 +245,15 @@ class Privacy:
             self.engine = PrivacyEngine(accountant=ACCOUNTANT)
         optimizer = make_private(self.engine, run.model, optimizer, loader, self.noise_multiplier,
                                  cfg.dp_max_grad_norm, self.n * self.sample_rate)
+        self.optimizer = optimizer
         return optimizer, loader, batches
+
+    def before_step(self, batch: dict) -> bool:
+        """Tell opacus whether this piece ends its Poisson batch (then it adds the noise and steps; else it
+        only clips and sums the pieces' per-example gradients). Returns that."""
+        last = bool(batch.get("dp_last", True))
+        self.optimizer.signal_skip_step(do_skip=not last)
+        return last
 
     # ------------------------------------------------------------------------- accountant state
 
@@ -269,6 +302,7 @@ class Privacy:
                 "example_delta": self.example_delta, "conversion": GROUP_PRIVACY if self.k else None,
                 "noise_multiplier": self.noise_multiplier, "max_grad_norm": self.cfg.dp_max_grad_norm,
                 "sample_rate": self.sample_rate, "expected_batch_size": self.n * self.sample_rate,
+                "max_physical_batch": self.cfg.dp_max_physical_batch,
                 "training_examples": self.n, "users": self.users, "steps": self.steps(),
                 "planned_steps": self.planned_steps, "accountant": ACCOUNTANT}
 
@@ -304,12 +338,15 @@ def _quiet():
 
 
 def collate_or_stand_in(rows, pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
-    """A left-padded batch; for an empty Poisson batch, a one-token stand-in row marked `dp_empty`. The
+    """A left-padded batch, `dp_last` when it holds the end-of-batch mark (None, PoissonBatches' LAST); for an
+    empty Poisson batch, a one-token stand-in row marked `dp_empty`. The
     trainer zeroes its loss, so its per-example gradient is exactly 0 and opacus' step adds noise only (a
     model cannot run on zero rows, and skipping the step would reveal that the batch was empty). Token 0:
     any token does, but a padding token may embed to zeros and would hide a loss left on by mistake."""
     from recpeft.tasks.batches import Encoded, collate
 
+    last = any(r is None for r in rows)
+    rows = [r for r in rows if r is not None]
     if rows:
-        return collate(rows, pad_id, multiple)
-    return {**collate([Encoded([0], 0)], pad_id, multiple), "dp_empty": True}
+        return {**collate(rows, pad_id, multiple), "dp_last": last}
+    return {**collate([Encoded([0], 0)], pad_id, multiple), "dp_empty": True, "dp_last": last}

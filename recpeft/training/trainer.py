@@ -283,8 +283,9 @@ class Run:
 
     # -------------------------------------------------------------------------------- the loop
 
-    def train_step(self, batch) -> None:
-        """One micro-batch: forward, backward and, at an accumulation boundary, the optimiser step."""
+    def train_step(self, batch) -> bool:
+        """One micro-batch: forward, backward and, at an accumulation boundary, the optimiser step. Returns
+        whether a step was taken (under DP, only at the last piece of a Poisson batch)."""
         cfg, accelerator, method, model = self.cfg, self.accelerator, self.method, self.model
         tick = time.perf_counter()
         with accelerator.accumulate(model):
@@ -297,14 +298,16 @@ class Run:
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm > 0 and not self.privacy:  # opacus clips
                 clip_gradients(accelerator, self.param_groups, cfg.max_grad_norm)
+            stepped = accelerator.sync_gradients and (self.privacy.before_step(batch) if self.privacy else True)
             self.optimizer.step()
-            if accelerator.sync_gradients:
+            if stepped:
                 self.scheduler.step()
                 method.after_step(accelerator.unwrap_model(model), self.progress.step + 1)
             self.optimizer.zero_grad()
         self.progress.losses.append(loss.item())
         self.step_seconds.append(time.perf_counter() - tick)
         self.tracker.micro_batch(batch, self.progress.losses[-1], self.step_seconds[-1])
+        return stepped
 
     def fit(self) -> None:
         cfg, accelerator, progress, ctrl_c = self.cfg, self.accelerator, self.progress, self.ctrl_c
@@ -332,8 +335,7 @@ class Run:
                 if pending_rng is not None:
                     ckpts.restore_rng(pending_rng, accelerator.process_index)
                     pending_rng = None
-                self.train_step(batch)
-                if not accelerator.sync_gradients:
+                if not self.train_step(batch):
                     continue
                 progress.step += 1
                 step = progress.step
