@@ -14,7 +14,9 @@ target with the preference task's main metric (AUC) on the same seeded test pair
 target's domain.
 Writes <out>/<NAME>.json after every cell (so a stopped run keeps what it finished) and, after each seed,
 the matrix (mean over the seeds done, each seed's AUC, their sd) with its gain over the base, and prints it.
---resume keeps the cells when only the list of seeds changed.
+--resume keeps the cells when only the list of seeds changed. `--set key=value` changes a `train` setting
+of every source; the training seeds are the YAML's `seeds` (edit them there), and `--set seed=N` changes
+only the seed of the test pairs, which every row shares.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def train_sources(spec: dict[str, Any], adapters: Path, resume: bool, seed: int)
 
 
 def _same_experiment(old: dict[str, Any], spec: dict[str, Any]) -> bool:
-    """Whether saved cells still hold: every setting but the list of seeds is unchanged."""
-    strip = lambda d: {k: v for k, v in d.items() if k != "seeds"}  # noqa: E731
+    """Whether saved cells still hold: every setting but the list of seeds is unchanged (the `tiny` section
+    does not count: what it changes is already in the other keys of a tiny run's spec)."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("seeds", "tiny")}  # noqa: E731
     return bool(old) and strip(old.get("spec", {})) == strip(spec)
 
 

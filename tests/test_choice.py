@@ -121,3 +121,43 @@ def test_a_loaded_choice_adapter_ranks_in_one_question(choice_adapter):
     assert [s for _, s in ranked] == sorted(scores, reverse=True)[:2]
     with pytest.raises(UserError, match="at most 6 candidates"):
         rec.rank(history, [i.title for i in list(data.items.values())[:7]])
+
+
+def test_a_question_too_long_for_max_length_is_refused_not_cut(choice_model):
+    data, domain = load_sample("ecommerce"), get_domain("ecommerce")
+    _, tok, _ = load_base(str(choice_model))
+    task = get_task("choice", data, domain, tok, TrainConfig(task="choice", negatives=5, max_length=30))
+    with pytest.raises(UserError, match=r"choice questions .* need more than --max-length 30 tokens .* at least \d+"):
+        task.train_rows(4)
+    roomy = get_task("choice", data, domain, tok, TrainConfig(task="choice", negatives=5, max_length=2000))
+    assert all(tok.decode(r.input_ids).count("You are a recommender") == 1 for r in roomy.train_rows(4))
+
+
+def test_choice_with_cf_fusion_and_with_dp_trains(choice_model, tmp_path):
+    from recpeft.fusion.vectors import collaborative
+
+    data = load_sample("ecommerce")
+    assert collaborative(data, "choice", dim=4, seed=1).fingerprint == collaborative(data, "ranking", dim=4,
+                                                                                      seed=1).fingerprint
+    base = dict(model=str(choice_model), task="choice", domain="ecommerce", negatives=5, max_steps=2, batch_size=4,
+                eval_every=2, eval_samples=4, test_samples=4, threads=1, train_samples=8, base_test=False)
+    fused = train(build_config(**base, fusion="cf", fusion_dim=4), save=False, show_progress=False)
+    assert fused.metrics["task"] == "choice" and not math.isnan(fused.metrics["test_ndcg@10"])
+    private = train(build_config(**base, dp_epsilon=8.0, output_dir=str(tmp_path / "dp")), show_progress=False)
+    assert private.metrics["privacy"]["steps"] == 2 and private.metrics["privacy"]["training_examples"] == 8
+
+
+def test_a_choice_adapter_is_not_combined_with_a_pointwise_one_nor_simulated(choice_adapter, choice_model, tmp_path):
+    from recpeft.evaluation.sessions import simulate_llm
+    from recpeft.serving.merge import combine_adapters
+
+    out, _ = choice_adapter
+    ranking = tmp_path / "ranking"
+    train(TrainConfig(model=str(choice_model), task="ranking", domain="ecommerce", negatives=5, max_steps=1,
+                      batch_size=4, eval_every=1, eval_samples=4, test_samples=4, threads=1, train_samples=4,
+                      base_test=False, output_dir=str(ranking)), show_progress=False)
+    with pytest.raises(UserError, match="answer different questions"):
+        combine_adapters([out, ranking], [0.5, 0.5], tmp_path / "both")
+    assert not (tmp_path / "both").exists()
+    with pytest.raises(UserError, match="choice adapter"):
+        simulate_llm(recpeft.load(out), load_sample("ecommerce"), [], k=2, turns=1)

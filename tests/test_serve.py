@@ -78,6 +78,7 @@ def test_adapters_health_and_openapi(served):
     assert client.get("/health").json() == {"status": "ok", "adapters": 3, "queued": 0}
     listed = {a["domain"]: a for a in client.get("/v1/adapters").json()}
     assert listed["news"]["method"] == "lora" and listed["ecommerce"]["method"] == "adapter"
+    assert listed["news"]["max_candidates"] is None and listed["news"]["task"] == "preference"  # any number
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/recommend", "/v1/score", "/v1/adapters", "/health"} <= set(paths)
     assert client.get("/docs").status_code == 200

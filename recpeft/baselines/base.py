@@ -16,7 +16,8 @@ from recpeft.tasks.profiles import ProfileExample, training_users_interactions
 
 TASKS = ("preference", "ranking", "rating", "profile")
 # Events per user each protocol holds out (valid, test), as recpeft.tasks.examples builds them.
-HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1)}
+# choice ranks the ranking task's lists; interests holds out two windows of 5 (tasks.examples.interests_examples).
+HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1), "choice": (1, 1), "interests": (5, 5)}
 
 
 def train_interactions(data: RecData, task: str) -> list[Interaction]:

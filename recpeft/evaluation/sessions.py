@@ -84,8 +84,12 @@ def simulate_llm(rec, data: RecData, examples: Sequence[RankingExample], k: int,
     """The adapter's sessions, all users in lockstep (each turn's prompts scored users_per_call at a time
     through the shared cached-prefix path). Returns the sessions and every user's first-turn scores of
     all candidates (for the one-shot reference)."""
+    from recpeft.errors import UserError
     from recpeft.serving.session import Session
 
+    if getattr(rec, "choice", False):  # its list would show the target first, under "A", every time
+        raise UserError(f"adapter '{rec.name}' is a choice adapter (--task choice); the session simulation scores "
+                        "pointwise ranking adapters (--task ranking)")
     sessions = []
     for ex in examples:
         history = [(data.items[x.item_id], x.liked) for x in ex.history]

@@ -271,9 +271,11 @@ def create_app(recs, limits: Limits | None = None):
 
     @app.get("/v1/adapters")
     async def adapters() -> list[dict]:
-        """The loaded adapters: domain name, method, wording domain, base model, folder."""
-        return [{"domain": name, "method": r.method, "domain_preset": r.domain.name, "base_model": recs.base_name,
-                 "path": str(r.path), "history_len": r.history_len} for name, r in recs.items()]
+        """The loaded adapters: domain name, method, task, wording domain, base model, folder; max_candidates:
+        the most items one request may score (a choice adapter's letters; null: any number)."""
+        return [{"domain": name, "method": r.method, "task": r.meta.task, "domain_preset": r.domain.name,
+                 "base_model": recs.base_name, "path": str(r.path), "history_len": r.history_len,
+                 "max_candidates": len(r.answer_ids) if r.choice else None} for name, r in recs.items()]
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest) -> ScoreResponse:

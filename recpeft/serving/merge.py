@@ -117,6 +117,9 @@ def combine_adapters(adapters: list[str | Path], weights: list[float], out: str 
         if m.base_model.fingerprint != first.base_model.fingerprint:
             raise UserError(f"{paths[0]} and {p} were trained on different base models "
                             f"('{first.base_model.name}' vs '{m.base_model.name}')")
+        if "choice" in (first.task, m.task) and (m.task, m.verbalizer) != (first.task, first.verbalizer):
+            raise UserError(f"{paths[0]} (task {first.task}) and {p} (task {m.task}) answer different questions: a "
+                            "choice adapter reads its candidates under letters, and a combination scores one way only")
     # the combined guarantee, or a refusal, before the base model loads
     dp = compose(paths, [m.to_dict() for m in metas])
     out = Path(out)

@@ -19,7 +19,8 @@ A mapping is rendered with the very words training used (recpeft.tasks.profiles.
 
 An adapter trained with `--task choice` reads all candidates in one question, under letters
 (recpeft.tasks.choice): its scores are each candidate's probability of being the one chosen (they sum to 1
-over the list), and it takes at most 20 candidates per request.
+over the list), and it takes at most as many candidates per request as it was trained on (1 + its
+--negatives, at most 20): a reranker for a short list, not for a whole catalogue.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Training is the same softmax: cross-entropy over the letters' logits, the true i
 The list order is a seeded shuffle of (true item, negatives) per example, so a letter says nothing by
 itself. The examples and candidates are the ranking task's (tasks.ranking_examples), which the classical
 baselines score too; main metric NDCG@10, the cold-start slice as cold_*. At most 20 candidates
-(prompts.CHOICE_LETTERS): --negatives 19 or fewer. A longer list would be a prompt of many titles, where a
+(prompts.CHOICE_LETTERS): --negatives 19 or fewer. A question is never cut: the history shrinks to fit
+--max-length, and a question too long without any history is a UserError (20 ML-100k titles take ~450
+tokens, more than the default 320). A longer list would be a prompt of many titles, where a
 retrieval stage should cut the catalogue first (LlamaRec ranks a retriever's top 20).
 """
 
@@ -19,12 +21,13 @@ import random
 
 import torch
 
+from recpeft.errors import UserError
 from recpeft.evaluation.metrics import ranking_metrics
 from recpeft.evaluation.scoring import all_answer_logits
 from recpeft.tasks.base import EvalSet, Evaluation
 from recpeft.tasks.batches import Encoded, fit
 from recpeft.tasks.examples import RankingExample, cold_start, liked_disliked
-from recpeft.tasks.prompts import CHOICE_LETTERS, CHOICE_SYSTEM, answer_token_ids, choice_message
+from recpeft.tasks.prompts import CHOICE_LETTERS, CHOICE_SYSTEM, answer_token_ids, choice_message, render
 from recpeft.tasks.ranking import COLD_MAX_COUNT, RankingTask, cold_start_metrics
 
 
@@ -45,16 +48,33 @@ class ChoiceTask(RankingTask):
         self.answers = tuple(CHOICE_LETTERS[: 1 + self.cfg.negatives])
         self.answer_ids = answer_token_ids(self.tok, self.answers)
 
-    def encode_one(self, ex: RankingExample) -> Encoded:
-        """The question with ex's candidates in their listed order; the label is the true item's letter."""
+    def encode_one(self, ex: RankingExample) -> tuple[Encoded, int]:
+        """The question with ex's candidates in their listed order (the label: the true item's letter), and
+        the tokens it needs with no history at all (more than --max-length: the question does not fit)."""
         order = listed_order(ex, self.cfg.seed)
         listed = [self.data.items[ex.candidates[k]] for k in order]
-        ids = fit(self.tok, lambda n: choice_message(*liked_disliked(self.data, ex.history, n), listed, self.domain),
-                  self.cfg.history_len, self.cfg.max_length, system=CHOICE_SYSTEM)
-        return Encoded(ids, order.index(0))
+
+        def message(n: int) -> str:
+            return choice_message(*liked_disliked(self.data, ex.history, n), listed, self.domain)
+
+        ids = fit(self.tok, message, self.cfg.history_len, self.cfg.max_length, system=CHOICE_SYSTEM)
+        need = len(ids)
+        if need >= self.cfg.max_length:  # fit() may have cut the front: measure the question without history
+            need = len(self.tok(render(self.tok, message(0), CHOICE_SYSTEM), add_special_tokens=False)["input_ids"])
+        return Encoded(ids, order.index(0)), need
 
     def encode_train(self, examples: list) -> list[Encoded]:
-        return [self.encode_one(ex) for ex in examples]
+        """One question per example. A question longer than --max-length even without history is refused:
+        cutting it would drop candidates (and the instructions) while its label still names a letter."""
+        encoded = [self.encode_one(ex) for ex in examples]
+        need = max((n for _, n in encoded), default=0)
+        if need > self.cfg.max_length:
+            too_long = sum(n > self.cfg.max_length for _, n in encoded)
+            raise UserError(f"{too_long} of {len(encoded)} choice questions on data '{self.data.name}' need more than "
+                            f"--max-length {self.cfg.max_length} tokens with no history at all (the longest: {need}), "
+                            f"for the {1 + self.cfg.negatives} candidates' titles; raise --max-length to at least "
+                            f"{need} plus room for the history (e.g. {need + 150}), or lower --negatives")
+        return [row for row, _ in encoded]
 
     def encode_eval(self, examples: list) -> EvalSet:
         return EvalSet(self.encode_train(examples), examples,

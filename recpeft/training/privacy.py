@@ -29,9 +29,9 @@ from recpeft.training.privacy_guarantee import GROUP_PRIVACY, example_target, gr
 
 SUPPORTED_METHODS = ("lora", "adapter")
 # One training example = one encoded row, and the loss is the mean of per-example cross-entropies:
-# what opacus' "mean" reduction assumes. Ranking (several rows per example) and generated answers
-# (a loss averaged over the tokens of the whole batch) are neither.
-SUPPORTED_TASKS = ("preference", "click", "rating")
+# what opacus' "mean" reduction assumes (choice: one question per example). Ranking (several rows per
+# example) and generated answers (a loss averaged over the tokens of the whole batch) are neither.
+SUPPORTED_TASKS = ("preference", "click", "rating", "choice")
 ACCOUNTANT = "rdp"  # opacus' Rényi-DP accountant: deterministic, and its history is plain numbers
 # settings that mean nothing without dp_epsilon
 DP_KEYS = ("dp_delta", "dp_max_grad_norm", "dp_max_examples_per_user", "dp_max_physical_batch")
