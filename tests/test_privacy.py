@@ -282,7 +282,7 @@ def test_combining_private_adapters_sums_epsilon_and_refuses_a_non_private_one(t
     ({"dp_epsilon": None, "dp_delta": 1e-6}, "'dp_delta' needs 'dp_epsilon'"),
     ({"dp_epsilon": None, "dp_max_grad_norm": 2.0}, "'dp_max_grad_norm' needs 'dp_epsilon'"),
     ({"method": "adalora"}, "--dp-epsilon trains --method lora or adapter, not adalora"),
-    ({"task": "ranking"}, "supports the preference, click, rating tasks"),
+    ({"task": "ranking"}, "supports the preference, click, rating, choice tasks"),
     ({"item_stats": True}, "--item-stats writes every training example's label"),
     ({"num_processes": 2}, r"one process \(--num-processes 1\)"),
     ({"grad_accum": 2}, "use a larger --batch-size instead of --grad-accum"),
