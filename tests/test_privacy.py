@@ -184,6 +184,13 @@ def test_poisson_batches_split_into_pieces_that_mark_the_end_of_each_batch():
             regrouped.append(current)
             current = []
     assert regrouped == batches and not current  # the same examples, in order, the mark closing each batch
+    sizes, current = [], []
+    for piece in pieces:
+        current.append(len([i for i in piece if i != privacy.LAST]))
+        if piece and piece[-1] == privacy.LAST:
+            sizes.append(current)
+            current = []
+    assert all(max(s) - min(s) <= 1 and max(s) <= 3 for s in sizes)  # near-equal pieces, as opacus splits
     assert privacy.PoissonBatches(40, 4, seed=3, physical=3).__iter__().__next__() == pieces[0]  # replayable
 
 
@@ -230,6 +237,8 @@ def test_reported_epsilon_is_opacus_accountant_for_the_same_schedule(tiny_model,
     meta = json.loads((tmp_path / "out" / "recpeft.json").read_text())
     rec = meta["privacy"]
     assert rec == result.metrics["privacy"]
+    assert meta["history"] and all("loss" not in h for h in meta["history"])  # no un-noised training loss
+    assert "loss" in result.history[-1]  # the run itself still has it (its logs are not private)
     q, steps, delta = 1 / 10, 14, 1e-5  # 40 examples, batch 4: q = 1/10; N = 40 so delta = min(1e-5, 1/400)
     assert (rec["sample_rate"], rec["steps"], rec["delta"], rec["training_examples"]) == (q, steps, delta, 40)
     assert rec["noise_multiplier"] == get_noise_multiplier(target_epsilon=4.0, target_delta=delta, sample_rate=q,

@@ -175,8 +175,11 @@ class PoissonBatches:
     def __iter__(self):
         self.sampler.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for batch in self.sampler:
-            size = self.physical or max(1, len(batch))
-            pieces = [batch[i:i + size] for i in range(0, len(batch), size)] or [[]]
+            # ceil(len / physical) pieces of near-equal size (as opacus splits): no piece of one example whose
+            # mean loss would weigh as much as a full piece's in the logged loss
+            parts = -(-len(batch) // self.physical) if self.physical else 1
+            cuts = [len(batch) * i // parts for i in range(parts + 1)] if batch else [0, 0]
+            pieces = [batch[a:b] for a, b in zip(cuts, cuts[1:])]
             yield from pieces[:-1]
             yield pieces[-1] + [LAST]
 

@@ -64,7 +64,14 @@ def adapter_meta(run: Run, final, metrics: dict[str, Any]) -> AdapterMeta:
         target_modules=run.targets, trainable_parameters=run.n_trainable,
         data=DataInfo(name=run.data.name, fingerprint=run.data.fingerprint()),
         # the task that ran (alpaca data turns the default preference into instruction)
-        train_config={**cfg.to_dict(), "task": task.name}, metrics=metrics, history=run.progress.history,
+        train_config={**cfg.to_dict(), "task": task.name}, metrics=metrics, history=published_history(run),
         privacy=metrics.get("privacy"),  # the (ε, δ) guarantee of a --dp-epsilon run; None without
         fusion=run.fusion.record(metrics.get("fusion_token_scale")) if run.fusion else None,
     )
+
+
+def published_history(run) -> list[dict]:
+    """The validation history recpeft.json keeps. Under --dp-epsilon without the training loss: a plain mean of
+    recent training examples' losses, which no noise covers (the run's own logs keep it; docs/privacy.md)."""
+    history = run.progress.history
+    return [{k: v for k, v in h.items() if k != "loss"} for h in history] if run.privacy else history

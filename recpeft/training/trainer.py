@@ -229,7 +229,10 @@ class Run:
         # scores its share of the rows and gets everyone's scores back (recpeft/evaluation/sharding.py).
         with self.method.disabled(peft_model) if base else contextlib.nullcontext(), \
                 sharding.across(self.accelerator) as share:
-            result = self.task.evaluate(peft_model, rows, batch_size=self.batch_size * 2,
+            # a DP run's Poisson batches may be far larger than what fits in one pass: evaluate in pieces' size
+            size = min(self.batch_size, self.cfg.dp_max_physical_batch or self.batch_size) if self.privacy \
+                else self.batch_size
+            result = self.task.evaluate(peft_model, rows, batch_size=size * 2,
                                         device=self.accelerator.device, progress=bar)
         self.eval_seconds += time.perf_counter() - tick
         self.eval_units += share.units
