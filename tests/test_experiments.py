@@ -15,6 +15,7 @@ import run as runner  # noqa: E402
     ("scientific_ranking", {"learning-curve"}),
     ("ml100k_interests", {"learning-curve"}),
     ("ml100k_dp", {"privacy-utility", "learning-curve"}),
+    ("ml100k_dp_large", {"privacy-utility", "learning-curve"}),
     ("ml100k_coldstart", {"learning-curve"}),
     ("ml100k_session", {"learning-curve"}),
     ("sample_fusion", {"learning-curve"}),
@@ -44,6 +45,9 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
         for fits in saved["baselines"].values():
             assert set(fits) == set(spec["baselines"]["models"])
             assert all(f["test"]["n"] == saved["runs"][-1]["test"]["n"] for f in fits.values())
+    if name == "ml100k_dp_large":  # Poisson batches of 8 in pieces of at most 3: still one step per batch
+        private = [r for r in saved["runs"] if r["privacy"]]
+        assert all(r["privacy"]["steps"] == 2 and r["privacy"]["max_physical_batch"] == 3 for r in private)
     if name == "ml100k_dp":  # one row per target epsilon, the non-private row (None) last
         table = saved["privacy_utility"]
         assert [r["epsilon"] for r in table] == [1, 8, None]
