@@ -192,6 +192,15 @@ def test_poisson_batches_split_into_pieces_that_mark_the_end_of_each_batch():
             current = []
     assert all(max(s) - min(s) <= 1 and max(s) <= 3 for s in sizes)  # near-equal pieces, as opacus splits
     assert privacy.PoissonBatches(40, 4, seed=3, physical=3).__iter__().__next__() == pieces[0]  # replayable
+    lengths = [(i * 7) % 11 for i in range(40)]  # with the rows' lengths: each batch cut in order of length
+    by_length = list(privacy.PoissonBatches(40, 4, seed=3, physical=3, lengths=lengths))
+    flat = [i for p in by_length for i in p if i != privacy.LAST]
+    assert sorted(flat) == sorted(i for b in batches for i in b if i != privacy.LAST)
+    start = 0
+    for b in batches:
+        chunk = flat[start:start + len(b) - 1]
+        assert [lengths[i] for i in chunk] == sorted(lengths[i] for i in chunk)
+        start += len(b) - 1
 
 
 def test_a_batch_run_in_pieces_takes_the_same_noisy_steps(tiny_model, small_news, tmp_path, monkeypatch):

@@ -163,11 +163,13 @@ class PoissonBatches:
     only then. This is opacus' BatchMemoryManager, whose sampler signals the optimiser as it is iterated;
     here the mark travels with the batch, which stays right however far ahead accelerate's loader reads."""
 
-    def __init__(self, n: int, steps: int, seed: int, physical: int = 0):
+    def __init__(self, n: int, steps: int, seed: int, physical: int = 0, lengths: list[int] | None = None):
+        """lengths: the rows' token counts; with `physical`, a batch's examples are ordered by length before
+        it is cut, so each piece pads little (the batch, and so the guarantee, is the same)."""
         from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
         self.sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=1.0 / steps, steps=steps)
-        self.seed, self.epoch, self.physical = seed, 0, physical
+        self.seed, self.epoch, self.physical, self.lengths = seed, 0, physical, lengths
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,6 +177,8 @@ class PoissonBatches:
     def __iter__(self):
         self.sampler.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for batch in self.sampler:
+            if self.physical and self.lengths is not None:
+                batch = sorted(batch, key=lambda i: (self.lengths[i], i))
             # ceil(len / physical) pieces of near-equal size (as opacus splits): no piece of one example whose
             # mean loss would weigh as much as a full piece's in the logged loss
             parts = -(-len(batch) // self.physical) if self.physical else 1
@@ -229,7 +233,8 @@ class Privacy:
         if len(rows) != self.n:  # the count made before the model loaded must be the rows trained on
             raise RuntimeError(f"privacy: counted {self.n} training examples but the task encoded {len(rows)}")
         steps_per_epoch = len(run.train_loader)  # ceil(N / batch): sampling rate q = 1 / that, as opacus does
-        batches = PoissonBatches(self.n, steps_per_epoch, cfg.seed, cfg.dp_max_physical_batch)
+        batches = PoissonBatches(self.n, steps_per_epoch, cfg.seed, cfg.dp_max_physical_batch,
+                                 [len(r.input_ids) for r in rows])
         pad, multiple = run.tok.pad_token_id, pad_multiple(run.accelerator.device.type == "cuda")
         loader = torch.utils.data.DataLoader(PrivateRows(rows), batch_sampler=batches,
                                              collate_fn=lambda b: collate_or_stand_in(b, pad, multiple))
