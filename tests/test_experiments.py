@@ -146,22 +146,39 @@ def test_transfer_matrix_at_smoke_test_size(tiny_task_model, tmp_path, capsys):
     kw = dict(tiny=True, sets=[f"model={tiny_task_model}"], out=tmp_path / "results", adapters=tmp_path / "adapters")
     first = transfer.run("transfer", **kw)
     m = first["matrix"]
-    assert m["rows"] == ["base", "news", "video", "news+video"] and m["cols"] == ["news", "video"]
-    assert all(0 <= m["auc"][r][c] <= 1 for r in m["rows"] for c in m["cols"]) and m["n"] == {"news": 8, "video": 8}
+    assert m["rows"] == ["base", "news", "video", "news+video"] and m["cols"] == ["news", "video", "shop"]
+    assert m["metric"] == {"news": "auc", "video": "auc", "shop": "ndcg@10"}  # a ranking target: NDCG@10
+    assert m["ci95_half_width"]["shop"] is None and m["ci95_half_width"]["news"] > 0
+    assert all(0 <= m["value"][r][c] <= 1 for r in m["rows"] for c in m["cols"])
+    assert m["n"] == {"news": 8, "video": 8, "shop": 4}
     assert m["seeds"]["news"] == [42, 43] and m["seeds"]["base"] == []
-    per_seed = [first["cells"][f"news@{s} -> video"]["auc"] for s in (42, 43)]
-    assert m["auc_per_seed"]["news"]["video"] == per_seed and m["auc"]["news"]["video"] == pytest.approx(
+    per_seed = [first["cells"][f"news@{s} -> video"]["value"] for s in (42, 43)]
+    assert m["per_seed"]["news"]["video"] == per_seed and m["value"]["news"]["video"] == pytest.approx(
         sum(per_seed) / 2)
-    assert m["gain_over_base"]["news"]["video"] == m["auc"]["news"]["video"] - m["auc"]["base"]["video"]
-    assert len([k for k in first["cells"] if k.startswith("base ")]) == 2  # the base is scored once, not per seed
+    assert m["gain_over_base"]["news"]["video"] == m["value"]["news"]["video"] - m["value"]["base"]["video"]
+    assert len([k for k in first["cells"] if k.startswith("base ")]) == 3  # the base is scored once, not per seed
     combined = json.loads((tmp_path / "adapters" / "news+video-seed43" / "recpeft.json").read_text())
     assert [s["weight"] for s in combined["combination"]["sources"]] == [0.5, 0.5]
     capsys.readouterr()
     again = transfer.run("transfer", resume=True, **kw)  # every adapter and cell kept
     assert again["cells"] == first["cells"] and "[transfer]" not in capsys.readouterr().out
-    spec = first["spec"]  # adding seeds keeps the cells; any other change does not
-    assert transfer._same_experiment({"spec": {**spec, "seeds": [42]}}, spec)
-    assert not transfer._same_experiment({"spec": {**spec, "eval": {"history_len": 5}}}, spec)
+
+
+def test_transfer_resume_keeps_the_cells_of_unchanged_rows_and_targets():
+    import transfer
+
+    spec = transfer.load_spec("transfer", True, [])
+    old = {"spec": spec}
+    rows, targets = transfer.unchanged(old, {**spec, "seeds": [42], "tiny": {}})
+    assert rows == {"base", "news", "video", "news+video"} and targets == {"news", "video", "shop"}
+    more = {**spec, "targets": spec["targets"] + [{"name": "new", "domain": "news"}]}
+    assert transfer.unchanged(old, more)[1] == {"news", "video", "shop"}  # only the new column runs
+    other = {**spec, "sources": [spec["sources"][0], {**spec["sources"][1], "train": {"max_steps": 9}}]}
+    assert transfer.unchanged(old, other)[0] == {"base", "news"}  # video retrains, and so does news+video
+    assert transfer.unchanged(old, {**spec, "eval": {"history_len": 5}}) == (set(), set())
+    cells = {"base -> news": 1, "news@42 -> news": 2, "video@42 -> news": 3, "news+video@42 -> shop": 4}
+    assert transfer.kept_cells({"cells": cells}, {"base", "news"}, {"news"}) == {"base -> news": 1,
+                                                                                "news@42 -> news": 2}
 
 
 def test_paired_gain_finds_a_real_gain_and_none_between_equal_runs(tmp_path, capsys):
