@@ -207,9 +207,10 @@ def format_matrix(m: dict[str, Any]) -> str:
              " " * width + "".join(f"{c:>16}" for c in m["cols"]),
              " " * width + "".join(f"{m['metric'][c]:>16}" for c in m["cols"])]
     for r in m["rows"]:
-        label = f"{r} ({len(m['seeds'][r])} seeds)" if m["seeds"].get(r) else r
+        k = len(m["seeds"].get(r, []))
+        label = f"{r} ({k} seed{'s' if k > 1 else ''})" if k else r
         lines.append(f"{label:<{width}}" + "".join(
-            f"{m['value'][r][c]:>9.4f} ±{m['sd'][r][c]:.3f}" if m["seeds"].get(r) else f"{m['value'][r][c]:>16.4f}"
+            f"{m['value'][r][c]:>9.4f} ±{m['sd'][r][c]:.3f}" if k > 1 else f"{m['value'][r][c]:>16.4f}"
             for c in m["cols"]))
     lines.append(f"{'pairs':<{width}}" + "".join(f"{m['n'][c]:>16}" for c in m["cols"]))
     return "\n".join(lines)
