@@ -14,7 +14,7 @@ target with its task's main metric on the same seeded test examples, worded for 
 target is preference pairs (AUC) unless it says `task: ranking` (1 + 19 candidates, NDCG@10: for data with
 no dislikes, such as Amazon-Scientific; a preference adapter ranks with the very prompt it was trained on).
 Writes <out>/<NAME>.json after every cell (so a stopped run keeps what it finished) and, after each seed,
-the matrix (mean over the seeds done, each seed's AUC, their sd) with its gain over the base, and prints it.
+the matrix (mean over the seeds done, each seed's value, their sd) with its gain over the base, and prints it.
 --resume keeps every cell (and adapter) whose row and target are unchanged: adding a target or a seed runs only
 the new cells; a change to `train` or `eval` runs everything. `--set key=value` changes a `train` setting
 of every source; the training seeds are the YAML's `seeds` (edit them there), and `--set seed=N` changes

@@ -142,12 +142,15 @@ class Recommender:
         rated = rated[-self.history_len:] if self.history_len else []
         return [Rated(self._item(r.item), r.liked, r.rating) for r in rated] if self.fusion is not None else rated
 
+    def _liked_disliked(self, history: Sequence[HistoryEntry]) -> tuple[list[Item], list[Item]]:
+        """The items of the recent history the prompts show, split into liked and disliked."""
+        rated = self._recent(history)
+        return [r.item for r in rated if r.liked], [r.item for r in rated if not r.liked]
+
     def _preference_split(self, history: Sequence[HistoryEntry], profile: Profile | None = None,
                           critiques: Sequence[str] = ()):
-        rated = self._recent(history)
-        message = profile_message(None if profile is None else as_profile(profile), [r.item for r in rated if r.liked],
-                                  [r.item for r in rated if not r.liked], Item(SENTINEL, SENTINEL), self.domain,
-                                  tuple(critiques))
+        message = profile_message(None if profile is None else as_profile(profile), *self._liked_disliked(history),
+                                  Item(SENTINEL, SENTINEL), self.domain, tuple(critiques))
         return split_prompt(self.tokenizer, render(self.tokenizer, message))
 
     def _logits(self, split, items: Sequence[ItemLike], answer_ids: list[int], naive: bool,
@@ -175,10 +178,8 @@ class Recommender:
             raise UserError(f"adapter '{self.name}' (task choice) ranks at most {len(self.answer_ids)} candidates in "
                             f"one question, got {len(items)}; cut the list first (e.g. to a retrieval model's top "
                             f"{len(self.answer_ids)})")
-        rated = self._recent(history)
-        message = choice_message([r.item for r in rated if r.liked], [r.item for r in rated if not r.liked],
-                                 [self._item(x) for x in items], self.domain, tuple(critiques),
-                                 None if profile is None else as_profile(profile))
+        message = choice_message(*self._liked_disliked(history), [self._item(x) for x in items], self.domain,
+                                 tuple(critiques), None if profile is None else as_profile(profile))
         ids = self.tokenizer(render(self.tokenizer, message, CHOICE_SYSTEM), add_special_tokens=False)["input_ids"]
         return Prepared(ids, [[] for _ in items])
 
@@ -270,10 +271,7 @@ class Recommender:
 
     def interests(self, history: Sequence[HistoryEntry], n: int = 3, max_new_tokens: int = 24) -> str:
         """A short text profile: the user's n favourite categories, as the model names them."""
-        rated = self._recent(history)
-        return self.generate(interests_message([r.item for r in rated if r.liked],
-                                               [r.item for r in rated if not r.liked], self.domain, n),
-                             max_new_tokens)
+        return self.generate(interests_message(*self._liked_disliked(history), self.domain, n), max_new_tokens)
 
     def pitch(self, history: Sequence[HistoryEntry], item: ItemLike, max_new_tokens: int = 48) -> str:
         """One short personalised sentence recommending item to this user."""

@@ -230,8 +230,8 @@ class Run:
         with self.method.disabled(peft_model) if base else contextlib.nullcontext(), \
                 sharding.across(self.accelerator) as share:
             # a DP run's Poisson batches may be far larger than what fits in one pass: evaluate in pieces' size
-            size = min(self.batch_size, self.cfg.dp_max_physical_batch or self.batch_size) if self.privacy \
-                else self.batch_size
+            # (dp_max_physical_batch is 0 without DP)
+            size = min(self.batch_size, self.cfg.dp_max_physical_batch or self.batch_size)
             result = self.task.evaluate(peft_model, rows, batch_size=size * 2,
                                         device=self.accelerator.device, progress=bar)
         self.eval_seconds += time.perf_counter() - tick
