@@ -159,8 +159,7 @@ def baselines_on_same_examples(spec: dict[str, Any], cfg, data: dict[str, Any]) 
     out = {}
     for shots in conf.get("train_samples", [0]):
         start = time.time()
-        task = "ranking" if cfg.task == "choice" else cfg.task  # a choice run ranks the ranking task's lists
-        res = run_baselines(recdata, task, conf.get("models"), negatives=cfg.negatives, seed=cfg.seed,
+        res = run_baselines(recdata, cfg.task, conf.get("models"), negatives=cfg.negatives, seed=cfg.seed,
                             train_samples=shots, history_len=cfg.history_len, test_limit=cfg.test_samples,
                             cold_limit=spec.get("cold_samples", 0), params=conf.get("params"),
                             profile_from=cfg.profile_from, profile_items=cfg.profile_items)

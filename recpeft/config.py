@@ -32,6 +32,10 @@ from recpeft.tasks import TASKS
 from recpeft.tasks.profiles import PROFILE_SOURCES
 from recpeft.tasks.prompts import CHOICE_LETTERS
 
+# Room per listed candidate in a choice prompt: 20 ML-100k titles under letters take ~450 tokens, 20 of the
+# news sample's 334, so the default leaves ~350 tokens of history either way.
+CHOICE_TOKENS_PER_CANDIDATE = 24
+
 BITS = (0, 4, 8, 16, 32)
 LOG_WITH = ("tensorboard", "none")  # accelerate trackers recpeft supports (recpeft/training/tracking.py)
 RANKING_LOSSES = ("pointwise", "listwise")  # recpeft/tasks/ranking.py
@@ -91,7 +95,10 @@ class TrainConfig(AdapterSettings, AdaLoraSettings, LoraSettings, RunSettings):
     # prompts; TALLRec shows 10 history items, 6 keeps the default run within minutes on a 2-core CPU
     history_len: int = setting(6, "Most recent history items in a prompt.", range=(1, 200))
     max_length: int = setting(320, "Most tokens in a prompt: the oldest history items are dropped until it fits "
-                              "(instruction records lose their beginning).", range=(32, 1_000_000))
+                              "(instruction records lose their beginning). --task choice lists every candidate in "
+                              "its one prompt, so its default grows with them.", range=(32, 1_000_000),
+                              flag_default=f"320; with --task choice 320 + {CHOICE_TOKENS_PER_CANDIDATE} per "
+                              "candidate (800 at --negatives 19)")
     item_stats: bool = setting(False, "Tag item titles in prompts with their like-rate among training events, "
                                "e.g. '[72% liked]' (collaborative signal in words).")
     profile_from: str = setting(PROFILE_SOURCES[0], "Profile task: what a user's profile text is made of: their "
@@ -290,6 +297,8 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
         where = sourced.get("critique_share", (None, None))[1]
         raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)
     check_fusion(cfg, sourced)
+    if cfg.task == "choice" and "max_length" not in sourced:  # the candidates' titles must fit besides the history
+        cfg.max_length += CHOICE_TOKENS_PER_CANDIDATE * (1 + cfg.negatives)
     if cfg.task == "choice" and cfg.negatives + 1 > len(CHOICE_LETTERS):
         raise UserError(f"the choice task lists at most {len(CHOICE_LETTERS)} candidates under letters; negatives "
                         f"{cfg.negatives} makes {cfg.negatives + 1} (use at most {len(CHOICE_LETTERS) - 1})",

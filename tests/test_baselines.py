@@ -84,6 +84,15 @@ def test_ranking_baselines_beat_random_on_the_video_sample(video):
     assert r["item_knn"]["test"]["ndcg@10"] > r["popularity"]["test"]["ndcg@10"]
 
 
+def test_choice_is_scored_on_the_ranking_tasks_lists(video):
+    """A choice adapter asks about the ranking task's candidate lists, so its baselines are ranking's."""
+    kw = dict(negatives=9, seed=3, test_limit=40)
+    choice = run_baselines(video, "choice", ["popularity", "item_knn"], **kw)
+    ranking = run_baselines(video, "ranking", ["popularity", "item_knn"], **kw)
+    assert {m: r["test"] for m, r in choice.items()} == {m: r["test"] for m, r in ranking.items()}
+    assert choice["item_knn"]["test"]["n"] == 40
+
+
 def test_rating_baselines_beat_random(video):
     r = run_baselines(video, "rating", ["random", "popularity", "item_knn", "logreg"])
     for name in ("popularity", "item_knn", "logreg"):

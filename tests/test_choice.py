@@ -161,3 +161,22 @@ def test_a_choice_adapter_is_not_combined_with_a_pointwise_one_nor_simulated(cho
     assert not (tmp_path / "both").exists()
     with pytest.raises(UserError, match="choice adapter"):
         simulate_llm(recpeft.load(out), load_sample("ecommerce"), [], k=2, turns=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["news", "video", "ecommerce"])
+def test_the_default_max_length_of_choice_fits_twenty_candidates_of_each_sample(domain):
+    """At the old fixed 320 tokens, the news sample's 20-candidate questions (334 tokens) were refused."""
+    from transformers import AutoTokenizer
+
+    from recpeft.models.hub import DEFAULT_MODEL, resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL))
+    cfg = build_config(task="choice", domain=domain)
+    assert cfg.negatives == 19 and cfg.max_length == 800 and build_config().max_length == 320
+    assert build_config(task="choice", max_length=400).max_length == 400  # a given length is kept
+    rows = get_task("choice", load_sample(domain), get_domain(domain), tok, cfg).train_rows(64)
+    assert len(rows) == 64 and all(len(r.input_ids) <= 800 for r in rows)
+    short = get_task("choice", load_sample(domain), get_domain(domain), tok,
+                     build_config(task="choice", domain=domain, history_len=1)).train_rows(64)
+    assert sum(map(len, (r.input_ids for r in rows))) > sum(map(len, (r.input_ids for r in short))) + 64 * 40

@@ -34,6 +34,8 @@ REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popular
 __all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",
            "run_baselines"]
 
+# the choice task asks about the ranking task's very lists (recpeft/tasks/choice.py): its baselines are ranking's
+SCORED_AS = {"choice": "ranking"}
 TRAIN_DEFAULTS = TrainConfig()  # the same history length and negatives as `recpeft train`
 
 
@@ -95,7 +97,8 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
     """Fit each baseline on the train period and score the valid and test splits (plus the cold-start slice).
 
     task: preference (like/click, AUC), rating (RMSE/MAE), ranking (1 true + `negatives` seeded
-    candidates; HR/NDCG/MRR) or profile (the same metrics for held-out users known by a profile made
+    candidates; HR/NDCG/MRR; choice, which lists the same candidates in one prompt, is scored as ranking) or
+    profile (the same metrics for held-out users known by a profile made
     `profile_from` their demographics and/or their first `profile_items` events; fitted on the training
     users' interactions, recpeft/tasks/profiles.py).
     `train_samples` N > 0 is the few-shot mode of preference/rating: every
@@ -109,6 +112,7 @@ def run_baselines(data: RecData, task: str, models: list[str] | None = None, *,
     Returns {name: {"valid", "test", "test_cold_start": metrics or None, "fit_seconds",
     "score_seconds"[, "note"]}}.
     """
+    task = SCORED_AS.get(task, task)
     names = check_names(task, models)
     if train_samples and task in ("ranking", "profile"):
         raise UserError("--train-samples (few-shot) applies to the preference and rating tasks")

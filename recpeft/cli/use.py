@@ -78,8 +78,8 @@ def verify(
 
 
 def baselines(
-    task: str = typer.Option(..., "--task", help="preference (AUC), ranking or profile (cold-start users; "
-                             "HR/NDCG/MRR), or rating (RMSE/MAE)."),
+    task: str = typer.Option(..., "--task", help="preference (AUC), ranking, choice (the same "
+                             "lists as ranking) or profile (cold-start users; HR/NDCG/MRR), or rating (RMSE/MAE)."),
     data: str | None = _opt(FIELDS["data"].metadata["flag_default"], _HELP["data"], "--data"),
     data_format: str | None = _opt(FIELDS["format"].metadata["flag_default"],
                                       f"Data format: {_INTERACTION_FORMATS}.", "--format"),
