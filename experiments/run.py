@@ -3,12 +3,14 @@
     python experiments/run.py ml100k_preference_shots            # the full experiment (see the YAML)
     python experiments/run.py ml100k_interests --tiny            # the same pipeline at smoke-test size
     python experiments/run.py NAME --set max_steps=4 --set model=PATH --out DIR
-    python experiments/run.py NAME --resume      # keep the finished runs of an interrupted experiment
+    python experiments/run.py NAME --resume      # keep the finished runs, continue an interrupted one
 
 Writes <out>/<NAME>.json (config, machine, per-run valid/test metrics with the untrained base's on the
 same examples, validation history, training losses, seconds), <out>/<NAME>-learning-curve.png and,
 for preference/click, <out>/<NAME>-roc.png. <out> defaults to experiments/results (results/tiny for
---tiny). Adapters go to adapters/experiments/<NAME>/<run> (git-ignored). Needs matplotlib
+--tiny). Adapters go to adapters/experiments/<NAME>/<run> (git-ignored), each run's checkpoints to
+adapters/experiments/<NAME>-checkpoints/<run>: with --resume, a run stopped mid-way continues exactly from its
+newest checkpoint (recpeft's resume), which is what makes hour-long CPU runs survivable. Needs matplotlib
 (`pip install -e ".[experiments]"`).
 """
 
@@ -61,6 +63,7 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
                    adapters: Path | None = None, data_path: str | None = None,
                    resume: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     from recpeft.evaluation.evaluate import evaluate
+    from recpeft.training.checkpoint import latest_checkpoint
     from recpeft.training.trainer import train
 
     spec = load_spec(name, tiny, sets or [])
@@ -110,7 +113,11 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
             row = {"name": run_name, "kind": "zero-shot", "test": report.metrics}
             outputs[run_name] = report.outputs
         else:
-            cfg = build_config(**{**spec["train"], **run, **data, "output_dir": str(adapters / run_name)})
+            cfg = build_config(**{**spec["train"], **run, **data, "output_dir": str(adapters / run_name),
+                                  "runs_dir": str(adapters.with_name(f"{adapters.name}-checkpoints") / run_name)})
+            if resume and latest_checkpoint(cfg):
+                cfg.resume = "latest"
+                print(f"[experiments] {name}/{run_name}: continuing from its newest checkpoint (--resume)", flush=True)
             result = train(cfg)
             m = result.metrics
             row = {"name": run_name, "kind": cfg.method, "overrides": run,
@@ -177,12 +184,15 @@ def finished_runs(path: Path, results: dict[str, Any], uses_fusion: bool = True)
     import json
 
     from recpeft.config import TrainConfig
+    from recpeft.training.checkpoint import RUN_KEYS
 
     old = json.loads(path.read_text())
     # A setting added to TrainConfig since the file was written is the same run at its default (new options
-    # default to the old behaviour); any other difference means the runs must be redone.
-    defaults, train = TrainConfig().to_dict(), results["train"]
-    old_train = {**{k: v for k, v in defaults.items() if k not in old.get("train", {})}, **old.get("train", {})}
+    # default to the old behaviour); any other difference means the runs must be redone, except in the
+    # settings that do not change what a run computes (threads, checkpointing: RUN_KEYS).
+    defaults = TrainConfig().to_dict()
+    train = {k: v for k, v in results["train"].items() if k not in RUN_KEYS}
+    old_train = {k: v for k, v in {**defaults, **old.get("train", {})}.items() if k not in RUN_KEYS}
     if not uses_fusion:
         old_train, train = ({k: v for k, v in t.items() if not k.startswith("fusion_")} for t in (old_train, train))
     if old_train != train or old.get("data") != results["data"] or old.get("tiny") != results["tiny"]:

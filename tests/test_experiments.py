@@ -84,6 +84,32 @@ def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path,
     assert "settings changed" in printed and "kept from the previous results" not in printed
 
 
+def test_resume_continues_a_run_stopped_mid_way_from_its_newest_checkpoint(tiny_task_model, tmp_path, capsys):
+    sets = [f"model={tiny_task_model}", "threads=1", "max_steps=4", "checkpoint_every=1"]
+    out, adapters = tmp_path / "results", tmp_path / "adapters"
+    kw = {"tiny": True, "out": out, "adapters": adapters, "only": ["shots-16"]}
+    whole = runner.run_experiment("ml100k_preference_shots", sets=sets, **kw)["runs"][0]
+    run_dirs = list((tmp_path / "adapters-checkpoints" / "shots-16").glob("*/*"))
+    assert len(run_dirs) == 1  # each run checkpoints in a folder of its own
+    newest = sorted(run_dirs[0].glob("checkpoint-*"))
+    assert [c.name for c in newest] == ["checkpoint-3", "checkpoint-4"]
+    import shutil
+
+    shutil.rmtree(newest[-1])  # stopped after step 3's checkpoint, before step 4 and the results
+    (out / "ml100k_preference_shots.json").unlink()
+    capsys.readouterr()
+    # more threads and checkpoints differently: settings that change nothing computed neither block the
+    # checkpoint nor, below, the finished runs
+    again = runner.run_experiment("ml100k_preference_shots", sets=sets[:2] + ["max_steps=4", "checkpoint_every=2"],
+                                  resume=True, **kw)["runs"][0]
+    printed = capsys.readouterr().out
+    assert "shots-16: continuing from its newest checkpoint" in printed and "checkpoint-3" in printed
+    assert again["test"] == whole["test"] and again["losses"][-1] == whole["losses"][-1]
+    kept = runner.run_experiment("ml100k_preference_shots", sets=sets[:2] + ["max_steps=4", "threads=2"],
+                                 resume=True, **kw)["runs"][0]
+    assert "kept from the previous results" in capsys.readouterr().out and kept == again
+
+
 def test_only_runs_the_named_runs_and_the_baselines_and_stays_incomplete(tiny_task_model, tmp_path, capsys):
     sets = [f"model={tiny_task_model}", "threads=1"]
     kw = {"tiny": True, "sets": sets, "out": tmp_path / "r", "adapters": tmp_path / "a"}

@@ -125,6 +125,25 @@ def _check_config(path: Path, state: dict[str, Any], cfg: TrainConfig) -> None:
                         str(path))
 
 
+def _checkpoints_newest_first(cfg: TrainConfig) -> tuple[Path, list[Path]]:
+    root = Path(cfg.runs_dir) / cfg.domain
+    found = [c for run in (root.iterdir() if root.is_dir() else []) if run.is_dir() for c in checkpoints_in(run)]
+    found.sort(key=lambda c: ((c / STATE_FILE).stat().st_mtime if (c / STATE_FILE).exists() else 0,
+                              _step_of(c)), reverse=True)
+    return root, found
+
+
+def latest_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The newest checkpoint under runs_dir/<domain> made with cfg's settings, or None."""
+    for candidate in _checkpoints_newest_first(cfg)[1]:
+        try:
+            if not config_differences(_read_state(candidate)["config"], cfg):
+                return candidate
+        except UserError as exc:  # a damaged checkpoint does not hide an older good one
+            print(f"[recpeft] skipping {exc}", flush=True)
+    return None
+
+
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     """The checkpoint folder that cfg.resume names, checked against cfg; None when not resuming.
 
@@ -134,18 +153,12 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume is None:
         return None
     if cfg.resume == "latest":
-        root = Path(cfg.runs_dir) / cfg.domain
-        found = [c for run in (root.iterdir() if root.is_dir() else []) if run.is_dir() for c in checkpoints_in(run)]
+        root, found = _checkpoints_newest_first(cfg)
         if not found:
             raise UserError("no checkpoint to resume (train once without --resume first)", str(root))
-        found.sort(key=lambda c: ((c / STATE_FILE).stat().st_mtime if (c / STATE_FILE).exists() else 0,
-                                  _step_of(c)), reverse=True)
-        for candidate in found:
-            try:
-                if not config_differences(_read_state(candidate)["config"], cfg):
-                    return candidate
-            except UserError as exc:  # a damaged checkpoint does not hide an older good one
-                print(f"[recpeft] skipping {exc}", flush=True)
+        match = latest_checkpoint(cfg)
+        if match is not None:
+            return match
         _check_config(found[0], _read_state(found[0]), cfg)  # raises: say what differs from the newest
     path = Path(cfg.resume).expanduser()
     if not path.exists():
