@@ -267,6 +267,10 @@ def test_cli_json_and_out_file(tmp_path):
     assert {"hr@10", "ndcg@10", "mrr", "n"} <= set(printed["results"]["item_knn"]["test"])
     table = CliRunner().invoke(app, ["baselines", "--task", "preference", "--domain", "news", "--models", "logreg"])
     assert table.exit_code == 0 and "logreg" in table.stdout and "auc" in table.stdout
+    choice = CliRunner().invoke(app, ["baselines", "--task", "choice", "--domain", "ecommerce", "--models",
+                                      "popularity", "--negatives", "9", "--json"])
+    assert choice.exit_code == 0, choice.output  # was a KeyError: the report had no columns for choice
+    assert json.loads(choice.stdout)["task"] == "ranking" and json.loads(choice.stdout)["settings"]["negatives"] == 9
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from recpeft.baselines.base import TASKS, Baseline, FitContext, cold_slice, label, train_interactions
+from recpeft.baselines.base import SCORED_AS, TASKS, Baseline, FitContext, cold_slice, label, train_interactions
 from recpeft.baselines.bpr import BPR
 from recpeft.baselines.chance import Random
 from recpeft.baselines.gru4rec import GRU4Rec
@@ -34,8 +34,6 @@ REGISTRY: dict[str, type[Baseline]] = {cls.name: cls for cls in (Random, Popular
 __all__ = ["REGISTRY", "TASKS", "Baseline", "FitContext", "baseline_report", "format_report", "names_for",
            "run_baselines"]
 
-# the choice task asks about the ranking task's very lists (recpeft/tasks/choice.py): its baselines are ranking's
-SCORED_AS = {"choice": "ranking"}
 TRAIN_DEFAULTS = TrainConfig()  # the same history length and negatives as `recpeft train`
 
 

@@ -15,6 +15,8 @@ from recpeft.tasks.examples import Example, RankingExample, split_user, user_tim
 from recpeft.tasks.profiles import ProfileExample, training_users_interactions
 
 TASKS = ("preference", "ranking", "rating", "profile")
+# the choice task asks about the ranking task's very lists (recpeft/tasks/choice.py): its baselines are ranking's
+SCORED_AS = {"choice": "ranking"}
 # Events per user each protocol holds out (valid, test), as recpeft.tasks.examples builds them.
 # choice ranks the ranking task's lists; interests holds out two windows of 5 (tasks.examples.interests_examples).
 HOLDOUT = {"preference": (2, 2), "rating": (2, 2), "ranking": (1, 1), "choice": (1, 1), "interests": (5, 5)}

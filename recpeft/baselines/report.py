@@ -31,10 +31,11 @@ def baseline_report(domain: str, path: str | None, task: str, *, fmt: str | None
                     log: Callable[[str], None] | None = None) -> dict:
     """Load the data, run the baselines, and return (and optionally write to `out`) the results with
     what produced them: data name, path and fingerprint, settings, sizes and wall time."""
-    from recpeft.baselines import run_baselines  # late: this module is imported by the package itself
+    from recpeft.baselines import SCORED_AS, run_baselines  # late: this module is imported by the package itself
 
     if domain not in DOMAINS:
         raise UserError(f"unknown domain '{domain}'; choose from {', '.join(DOMAINS)}")
+    task = SCORED_AS.get(task, task)  # the report's metrics and columns are those of the task it is scored as
     if out is not None and Path(out).is_dir():
         raise UserError("--out is a folder; give a file name", str(out))
     if threads < 0:
