@@ -135,7 +135,11 @@ def _checkpoints_newest_first(cfg: TrainConfig) -> tuple[Path, list[Path]]:
 
 def latest_checkpoint(cfg: TrainConfig) -> Path | None:
     """The newest checkpoint under runs_dir/<domain> made with cfg's settings, or None."""
-    for candidate in _checkpoints_newest_first(cfg)[1]:
+    return _first_matching(_checkpoints_newest_first(cfg)[1], cfg)
+
+
+def _first_matching(found: list[Path], cfg: TrainConfig) -> Path | None:
+    for candidate in found:
         try:
             if not config_differences(_read_state(candidate)["config"], cfg):
                 return candidate
@@ -156,7 +160,7 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
         root, found = _checkpoints_newest_first(cfg)
         if not found:
             raise UserError("no checkpoint to resume (train once without --resume first)", str(root))
-        match = latest_checkpoint(cfg)
+        match = _first_matching(found, cfg)
         if match is not None:
             return match
         _check_config(found[0], _read_state(found[0]), cfg)  # raises: say what differs from the newest
