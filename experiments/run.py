@@ -248,21 +248,31 @@ def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str,
 
 
 def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per target ε (None = non-private): test main metric over the seeds, ε spent, and the step time
-    against the non-private run of the same seed (DP's overhead: per-example gradients, noise)."""
+    """Per configuration (a run's name without -seedN; one per target ε unless a spec tries two DP recipes at
+    one ε, None = non-private): test main metric over the seeds, ε spent, and the step time against the
+    non-private run of the same seed (DP's overhead: per-example gradients, noise)."""
     import statistics
 
     trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
     key = next((k for k in trained[0]["test"] if k != "n"), "auc") if trained else "auc"
     plain = {r["overrides"].get("seed"): r["seconds_per_micro_batch"] for r in trained
              if r["overrides"].get("dp_epsilon") is None}
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in trained:
+        families.setdefault(_family(r["name"]), []).append(r)
+
+    def order(family: str) -> tuple[float, int]:
+        eps = families[family][0]["overrides"].get("dp_epsilon")
+        return (math.inf if eps is None else eps, list(families).index(family))
+
     rows = []
-    for eps in sorted({r["overrides"].get("dp_epsilon") for r in trained}, key=lambda e: math.inf if e is None else e):
-        group = [r for r in trained if r["overrides"].get("dp_epsilon") == eps]
+    for family in sorted(families, key=order):
+        group = families[family]
         scores = [r["test"][key] for r in group]
         slower = [r["seconds_per_micro_batch"] / plain[r["overrides"].get("seed")] for r in group
                   if plain.get(r["overrides"].get("seed"))]
-        rows.append({"epsilon": eps, "metric": key, "mean": statistics.fmean(scores),
+        rows.append({"config": family, "epsilon": group[0]["overrides"].get("dp_epsilon"), "metric": key,
+                     "mean": statistics.fmean(scores),
                      "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": len(scores),
                      "test_n": group[0]["test"]["n"],
                      "epsilon_spent": [r["privacy"]["epsilon_spent"] for r in group if r.get("privacy")],
@@ -309,15 +319,15 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
         written.append(_save(fig, out / f"{name}-learning-curve.png", laid_out=True))
     if "privacy_utility" in kinds and results.get("privacy_utility"):
         table = results["privacy_utility"]
-        labels = [f"{r['epsilon']:g}" if r["epsilon"] is not None else "∞ (no DP)" for r in table]
+        labels = [r["config"] for r in table]
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.errorbar(range(len(table)), [r["mean"] for r in table], yerr=[r["sd"] for r in table], marker="o",
                     capsize=4, label="mean ± sd over seeds")
         for i, r in enumerate(table):
-            seeds = [x["test"][r["metric"]] for x in trained if x["overrides"].get("dp_epsilon") == r["epsilon"]]
+            seeds = [x["test"][r["metric"]] for x in trained if _family(x["name"]) == r["config"]]
             ax.scatter([i] * len(seeds), seeds, color="grey", s=12, zorder=3)
-        ax.set_xticks(range(len(table)), labels)
-        ax.set(xlabel="target ε (example-level, δ as recorded)", ylabel=f"test {table[0]['metric']}",
+        ax.set_xticks(range(len(table)), labels, rotation=20)
+        ax.set(xlabel="configuration (target ε, example-level, δ as recorded)", ylabel=f"test {table[0]['metric']}",
                title=f"{name}: privacy-utility (n = {table[0]['test_n']})")
         ax.legend()
         written.append(_save(fig, out / f"{name}-privacy-utility.png"))

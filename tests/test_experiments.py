@@ -51,6 +51,7 @@ def test_runner_writes_results_and_plots(name, plots, tiny_task_model, tmp_path)
     if name == "ml100k_dp":  # one row per target epsilon, the non-private row (None) last
         table = saved["privacy_utility"]
         assert [r["epsilon"] for r in table] == [1, 8, None]
+        assert [r["config"] for r in table] == ["eps1", "eps8", "non-private"]
         assert table[0]["epsilon_spent"][0] <= 1 and table[0]["step_time_vs_non_private"] > 0
     if name == "scientific_ranking":  # the samples have no cold items (test_objectives covers the slice)
         assert saved["runs"][0]["cold_test"] == {"n": 0}
@@ -318,3 +319,20 @@ def test_dp_noise_gives_the_sigma_of_the_recorded_run_and_refuses_a_bad_schedule
     assert large["noise_norm_over_clip"] < 1 < small["noise_norm_over_clip"]
     with pytest.raises(SystemExit):
         dp_noise.main(["--schedule", "256:8"])
+
+
+def test_privacy_utility_keeps_two_dp_recipes_at_one_epsilon_apart():
+    def run(name, seed, eps, auc, secs):
+        return {"name": f"{name}-seed{seed}", "kind": "lora", "test": {"auc": auc, "n": 10},
+                "overrides": {"seed": seed, "dp_epsilon": eps}, "seconds_per_micro_batch": secs,
+                "privacy": {"epsilon_spent": eps - 0.01} if eps else None}
+
+    runs = [run("non-private", 42, None, 0.72, 10.0), run("eps8", 42, 8, 0.68, 12.0),
+            run("eps8-b1024", 42, 8, 0.70, 15.0), run("non-private", 43, None, 0.70, 10.0),
+            run("eps8", 43, 8, 0.55, 11.0), run("eps8-b1024", 43, 8, 0.71, 10.0)]
+    table = runner.privacy_utility({"runs": runs})
+    assert [(r["config"], r["epsilon"], r["seeds"]) for r in table] == [
+        ("eps8", 8, 2), ("eps8-b1024", 8, 2), ("non-private", None, 2)]
+    assert table[0]["mean"] == pytest.approx(0.615) and table[1]["mean"] == pytest.approx(0.705)
+    assert table[1]["step_time_vs_non_private"] == pytest.approx(1.25)  # (1.5 + 1.0) / 2, each against its seed
+    assert table[1]["epsilon_spent"] == [7.99, 7.99]
