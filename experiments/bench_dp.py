@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +42,8 @@ def step_times(values: dict, work: Path) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from recpeft import runtime
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=32, help="optimiser steps per run (32 = one epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each mode, in ABBA order")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
     result = {
         "command": "python experiments/bench_dp.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "machine": runtime.describe_machine(),
         "date": time.strftime("%Y-%m-%d"), "settings": base, "dp_epsilon": args.epsilon, "order": order,
         "mean_step_seconds": {"plain": round(plain, 3), "dp": round(dp, 3)}, "median_step_seconds": medians,
         "steps_timed": {k: len(v) for k, v in times.items()},

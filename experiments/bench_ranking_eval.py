@@ -12,8 +12,6 @@ modes alternate (ABBA) so a drifting host speed hits both alike; both must give 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from recpeft.domains import get_domain
     from recpeft.models.hub import resolve
     from recpeft.models.load import load_base
+    from recpeft.runtime import describe_machine
     from recpeft.tasks import get_task
     from recpeft.tasks.ranking import USERS_PER_CALL
 
@@ -67,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = sum(len(ex.candidates) for ex in users)
     result = {
         "command": "python experiments/bench_ranking_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {**describe_machine(), "torch_threads": torch.get_num_threads()},
         "users": len(users), "candidates": candidates, "users_per_call": USERS_PER_CALL, "seconds": seconds,
         "candidates_per_second": {k: candidates / statistics.fmean(v) for k, v in seconds.items()},
         "speedup": statistics.fmean(seconds["one_user"]) / statistics.fmean(seconds["grouped"]),

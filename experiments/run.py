@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from recpeft.artifacts import write_json_atomic  # noqa: E402
 from recpeft.config import build_config  # noqa: E402
+from recpeft.runtime import describe_machine  # noqa: E402
 
 
 def load_spec(name: str, tiny: bool, sets: list[str]) -> dict[str, Any]:
@@ -83,8 +83,7 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         "experiment": name, "description": spec.get("description", ""), "tiny": tiny,
         "command": " ".join(["python", "experiments/run.py", name] + (["--tiny"] if tiny else [])
                             + [f"--set {s}" for s in sets or []]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
+        "machine": describe_machine(),
         "data": {"path": data["data"], "format": data["format"]}, "train": base_cfg.to_dict(), "runs": [],
     }
     outputs: dict[str, dict[str, list]] = {}
@@ -126,7 +125,7 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
                    "test_base": _split(m, "test", base=True), "best_step": m["best_step"], "steps": m["steps"],
                    "train_examples": m["train_examples"], "history": result.history, "losses": result.losses,
                    "adapter": result.output_dir, "seconds_per_micro_batch": m["seconds_per_micro_batch"],
-                   "privacy": m.get("privacy")}
+                   "processor": results["machine"]["processor"], "privacy": m.get("privacy")}
             outputs[run_name] = result.test_outputs
             if spec.get("cold_samples") and cfg.task == "ranking":
                 row["cold_test"], row["cold_test_base"] = cold_slice(cfg, result, spec["cold_samples"])
@@ -249,14 +248,18 @@ def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str,
 
 def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per configuration (a run's name without -seedN; one per target ε unless a spec tries two DP recipes at
-    one ε, None = non-private): test main metric over the seeds, ε spent, and the step time against the
-    non-private run of the same seed (DP's overhead: per-example gradients, noise)."""
+    one ε, None = non-private): test main metric over the seeds, ε spent, and the time per micro-batch against
+    the non-private run of the same seed on the same CPU model (None where no such pair exists)."""
     import statistics
 
     trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
     key = next((k for k in trained[0]["test"] if k != "n"), "auc") if trained else "auc"
-    plain = {r["overrides"].get("seed"): r["seconds_per_micro_batch"] for r in trained
-             if r["overrides"].get("dp_epsilon") is None}
+    # Timings compare only within one host: --resume keeps runs made on other (faster or slower) machines
+    plain = {r["overrides"].get("seed"): r for r in trained
+             if r["overrides"].get("dp_epsilon") is None and r.get("processor")}
+    same_host = {r["name"]: plain[r["overrides"].get("seed")]["seconds_per_micro_batch"] for r in trained
+                 if r["overrides"].get("seed") in plain
+                 and plain[r["overrides"].get("seed")]["processor"] == r.get("processor")}
     families: dict[str, list[dict[str, Any]]] = {}
     for r in trained:
         families.setdefault(_family(r["name"]), []).append(r)
@@ -269,8 +272,7 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     for family in sorted(families, key=order):
         group = families[family]
         scores = [r["test"][key] for r in group]
-        slower = [r["seconds_per_micro_batch"] / plain[r["overrides"].get("seed")] for r in group
-                  if plain.get(r["overrides"].get("seed"))]
+        slower = [r["seconds_per_micro_batch"] / same_host[r["name"]] for r in group if r["name"] in same_host]
         rows.append({"config": family, "epsilon": group[0]["overrides"].get("dp_epsilon"), "metric": key,
                      "mean": statistics.fmean(scores),
                      "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": len(scores),

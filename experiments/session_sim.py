@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from recpeft.baselines.base import FitContext, train_interactions
     from recpeft.data import load_data
     from recpeft.evaluation.sessions import Simulated, hit_rates, paged, simulate_filter, simulate_llm
+    from recpeft.runtime import describe_machine
     from recpeft.tasks.examples import ranking_examples, subsample
 
     if args.threads:
@@ -72,8 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
                        for t, r in enumerate(rates)]
     result = {
         "command": "python experiments/session_sim.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
+        "machine": describe_machine(),
         "adapter": {"path": str(args.adapter), "task": tc.get("task"), "critique_share": tc.get("critique_share", 0.0),
                     "train_samples": tc.get("train_samples"), "seed": tc.get("seed")},
         "data": data.name, "users": len(users), "negatives": args.negatives, "k": args.k, "turns": args.turns,

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +38,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from run import exit_on_user_error, experiment_parser, load_spec  # noqa: E402  (experiments/run.py)
 
 from recpeft.artifacts import write_json_atomic  # noqa: E402
+from recpeft.runtime import describe_machine  # noqa: E402
 
 
 def _path(data: str | None) -> str | None:
@@ -123,8 +122,7 @@ def run(name: str, tiny: bool = False, sets: list[str] | None = None, out: Path 
         "experiment": name, "description": spec.get("description", ""), "tiny": tiny,
         "command": " ".join(["python", "experiments/transfer.py", name] + (["--tiny"] if tiny else [])
                             + [f"--set {s}" for s in sets or []]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
+        "machine": describe_machine(),
         "spec": spec, "cells": kept_cells(old, keep_rows, keep_targets),
     }
     targets = [t["name"] for t in spec["targets"]]

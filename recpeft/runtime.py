@@ -3,6 +3,10 @@
 Threads: one torch thread per usable core, split between the processes of a run. The usable cores are
 the process's CPU affinity (what a container or `taskset` grants), not the host's core count.
 
+Machine: `describe_machine()` names the CPU model (platform.processor() says only "x86_64" on Linux), so a
+timing recorded on one host is never compared with one from another: these hosts change between sessions
+(a 2-core AMD EPYC one day, an Intel Xeon at ~1.8x its speed the next).
+
 Memory: glibc keeps freed memory in its heap and returns little of it to the system. Loading an
 base frees the full-precision copies it converted or quantised; `release_memory()` after loading
 (gc + malloc_trim) hands that heap back (SmolLM2-135M: 43 MiB at fp32, 96 at 8-bit, 149 at 4-bit in
@@ -16,6 +20,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import platform
 
 
 def usable_cores() -> int:
@@ -29,6 +34,24 @@ def usable_cores() -> int:
 def default_threads(num_processes: int = 1) -> int:
     """Torch threads per process: usable cores divided between the processes, at least 1."""
     return max(1, usable_cores() // max(1, num_processes))
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows (e.g. "arm", "x86_64")."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_machine() -> dict[str, object]:
+    """What a results file records about the host: OS, CPU model and the cores this process may use."""
+    return {"platform": platform.platform(), "processor": cpu_model(), "cpus": usable_cores()}
 
 
 def _libc():

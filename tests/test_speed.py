@@ -41,6 +41,19 @@ def test_default_threads_follow_cpu_affinity(monkeypatch):
     assert runtime.default_threads(1) == 6 and runtime.default_threads(4) == 1 and runtime.default_threads(12) == 1
 
 
+def test_machine_description_names_the_cpu_model(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert runtime.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # e.g. aarch64: no model name line
+    monkeypatch.setattr(runtime.platform, "processor", lambda: "")
+    assert runtime.cpu_model(str(info)) == runtime.platform.machine()
+    assert runtime.cpu_model(str(tmp_path / "missing")) == runtime.platform.machine()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert runtime.describe_machine()["cpus"] == 2
+
+
 def test_training_runs_on_the_default_thread_count(tiny_model, skewed_news, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     seen = set()
