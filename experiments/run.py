@@ -255,8 +255,10 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
     key = next((k for k in trained[0]["test"] if k != "n"), "auc") if trained else "auc"
     # Timings compare only within one host: --resume keeps runs made on other (faster or slower) machines
-    plain = {r["overrides"].get("seed"): r for r in trained
-             if r["overrides"].get("dp_epsilon") is None and r.get("processor")}
+    plain: dict[Any, dict[str, Any]] = {}  # per seed, the first non-private run (the YAML's reference row)
+    for r in trained:
+        if r["overrides"].get("dp_epsilon") is None and r.get("processor"):
+            plain.setdefault(r["overrides"].get("seed"), r)
     same_host = {r["name"]: plain[r["overrides"].get("seed")]["seconds_per_micro_batch"] for r in trained
                  if r["overrides"].get("seed") in plain
                  and plain[r["overrides"].get("seed")]["processor"] == r.get("processor")}
