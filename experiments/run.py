@@ -259,9 +259,11 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in trained:
         if r["overrides"].get("dp_epsilon") is None and r.get("processor"):
             plain.setdefault(r["overrides"].get("seed"), r)
-    same_host = {r["name"]: plain[r["overrides"].get("seed")]["seconds_per_micro_batch"] for r in trained
-                 if r["overrides"].get("seed") in plain
-                 and plain[r["overrides"].get("seed")]["processor"] == r.get("processor")}
+    same_host = {}  # run name -> its seed's non-private time per micro-batch, where both ran on one CPU model
+    for r in trained:
+        reference = plain.get(r["overrides"].get("seed"))
+        if reference and reference["processor"] == r.get("processor"):
+            same_host[r["name"]] = reference["seconds_per_micro_batch"]
     families: dict[str, list[dict[str, Any]]] = {}
     for r in trained:
         families.setdefault(_family(r["name"]), []).append(r)
