@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -281,6 +280,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 4 steps at batch 2, 4 and 0")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    from recpeft.runtime import cpu_model
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.smoke:
         args.sizes, args.batches, args.steps, args.candidates = "tiny", "2,4,0", 4, 5
@@ -288,7 +289,7 @@ def main() -> int:
         from recpeft.models.hub import cached_model_dir
 
         args.shape = cached_model_dir("smollm2-135m")
-    out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+    out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else cpu_model(),
                  "torch": torch.__version__, "steps": args.steps, "steady_state_steps": f"3..{args.steps}",
                  "flop_rule": "useful FLOPs = 4 * N_blocks * real tokens", "runs": [], "latency": [], "errors": []}
     out["mm_tflops"] = round(mm_rate(device, 0.3 if args.smoke else 2.0), 2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def main() -> None:
 
     from recpeft.kernels.quantised import FrozenInt8Linear
     from recpeft.models.load import load_base
-    from recpeft.runtime import default_threads
+    from recpeft.runtime import default_threads, describe_machine
 
     torch.set_num_threads(default_threads())
     torch.manual_seed(0)
@@ -65,7 +64,7 @@ def main() -> None:
 
     out = {
         "model": args.model, "batch": args.batch, "tokens": args.tokens, "layers": len(lean),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+        "machine": {**describe_machine(), "torch": torch.__version__},
         "threads": torch.get_num_threads(),
         "bitsandbytes_seconds": round(bnb_s, 3), "frozen_int8_linear_seconds": round(ours_s, 3),
         "speedup": round(bnb_s / ours_s, 2),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -94,6 +93,8 @@ def child(bits: int, model: str, steps: int, method: str, checkpointing: bool) -
 
 
 def main() -> None:
+    from recpeft.runtime import describe_machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=4)
@@ -152,7 +153,7 @@ def main() -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"model": args.model, "method": args.method, "steps": args.steps, "batch_size": 4,
                                    "malloc_mmap_threshold": args.malloc_mmap_threshold or None,
-                                   "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU",
+                                   "machine": describe_machine(),
                                    "load_average_1min_at_end": round(load, 2), "runs": rows}, indent=2) + "\n")
 
 

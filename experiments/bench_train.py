@@ -48,7 +48,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -251,6 +250,7 @@ def main() -> None:
     from recpeft.domains import get_domain
     from recpeft.models.hub import resolve
     from recpeft.models.load import load_tokenizer
+    from recpeft.runtime import describe_machine
     from recpeft.tasks import get_task
     from recpeft.tasks.batches import Encoded
     from recpeft.training.trainer import train
@@ -332,8 +332,7 @@ def main() -> None:
         "model": cfg.model, "domain": cfg.domain, "examples": n_examples, "batch_size": cfg.batch_size, "steps": steps,
         "lr": cfg.lr, "method": cfg.method, "lora_r": cfg.lora_r, "naive_max_length": cfg.max_length,
         "threads_inside_run": sorted(recorder.threads), "attn_implementation": naive["attn_implementation"],
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
-                   + f", {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+        "machine": {**describe_machine(), "torch": torch.__version__},
         "flop_rule": FLOP_RULE,
         "n_block": n_block, "n_trainable": n_trainable, "n_not_needed": needed, "real_tokens": real_tokens,
         "recpeft_tokens_incl_padding": b_padded, "naive_tokens_incl_padding": n_examples * cfg.max_length,

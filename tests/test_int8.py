@@ -128,3 +128,4 @@ def test_bench_int8_cpu_runs_on_a_tiny_model(tiny_model, tmp_path):
     assert r["layers"] > 0 and r["bitsandbytes_seconds"] > 0 and r["frozen_int8_linear_seconds"] > 0
     assert 0 <= r["frozen_int8_linear_max_abs_logit_diff_to_fp32"] < 1.0
     assert 0 <= r["bitsandbytes_max_abs_logit_diff_to_fp32"] < 1.0
+    assert r["machine"]["processor"] and r["machine"]["cpus"] >= 1  # the CPU model, not platform's "x86_64"

@@ -200,6 +200,7 @@ def test_bench_train_quick_runs_on_a_tiny_model(tiny_model, tmp_path):
     r = json.loads(out.read_text())
     assert r["examples"] == 8 and r["steps"] == 2 and r["threads_inside_run"] == [1]
     assert r["attn_implementation"] == "sdpa"
+    assert r["machine"]["processor"] and r["machine"]["torch"] == torch.__version__
     # real tokens <= what recpeft computed (bucketed padding) < the naive loop's fixed-length padding
     assert 0 < r["real_tokens"] <= r["recpeft_tokens_incl_padding"] < r["naive_tokens_incl_padding"]
     assert r["naive"]["samples_per_s"] > 0 and r["recpeft"]["samples_per_s"] > 0
