@@ -23,6 +23,7 @@ from recpeft.kernels.last_position import decoder_layers
 from recpeft.serving.http import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, Limits, create_app
 
 sys.path.insert(0, str(ROOT / "experiments"))
+import http_load  # noqa: E402
 import load_serve  # noqa: E402
 
 NEWS = [i.title for i in load_sample("news").items.values()]
@@ -122,7 +123,7 @@ def test_fuzz_cases_get_a_clear_4xx(served, case):
         content = ((b"x" * 8192 for _ in range(0, case["chunked"], 8192)) if case.get("chunked") else
                    case["body"] if isinstance(case["body"], bytes) else case["body"].encode())
         r = client.post(case["path"], content=content, headers={"content-type": "application/json"})
-    msg = load_serve.message(r.text)
+    msg = http_load.message(r.text)
     assert r.status_code == case["status"] and case["needle"].lower() in msg.lower(), r.text[:500]
     assert "\n" not in msg and len(msg) < 300  # one line, without the input echoed back
 
@@ -164,7 +165,7 @@ def test_random_json_never_gets_a_5xx(served):
         statuses.add(r.status_code)
         assert r.status_code < 500, (body, r.text[:300])
         if r.status_code != 200:
-            assert load_serve.message(r.text), r.text
+            assert http_load.message(r.text), r.text
     assert {200, 422} <= statuses  # the fuzzer reaches the model and the validator
 
 
@@ -343,13 +344,13 @@ def test_real_uvicorn_server(tiny_adapters, tmp_path):
         assert chunked.status_code == 413 and "4096" in chunked.text
         import asyncio
 
-        status, text, seconds = asyncio.run(load_serve.slow_send(url, "/v1/score", b'{"domain": "news", '
+        status, text, seconds = asyncio.run(http_load.slow_send(url, "/v1/score", b'{"domain": "news", '
                                                                  b'"items": ["a"]}', 3.0))
         assert status == 408 and "body not received within 1 s (--client-timeout)" in text and seconds < 3.0
-        status, text, seconds = asyncio.run(load_serve.slow_send(url, "/v1/score", b'{"domain": "news", '
+        status, text, seconds = asyncio.run(http_load.slow_send(url, "/v1/score", b'{"domain": "news", '
                                                                  b'"items": ["a"]}', 3.0, head=True))
         assert status == 408 and "headers not received within 1 s" in text and seconds < 3.0
-        status, _, _ = asyncio.run(load_serve.slow_send(url, "/v1/score", b'{"domain": "news", "items": ["a"]}', 0.3,
+        status, _, _ = asyncio.run(http_load.slow_send(url, "/v1/score", b'{"domain": "news", "items": ["a"]}', 0.3,
                                                         head=True))
         assert status == 200  # slow, but within the client timeout
         with socket.create_connection(("127.0.0.1", port)) as idle:  # connects, never sends a byte
