@@ -145,6 +145,9 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
         results["complete"] = len(results["runs"]) == len(spec["runs"])
         write_json_atomic(out / f"{name}.json", results)
+    # also when --only ran nothing (a redraw of the plots): the flag describes the file, not this call
+    results["complete"] = len(results["runs"]) == len(spec["runs"]) and (not spec.get("baselines")
+                                                                         or "baselines" in results)
     if "privacy_utility" in spec.get("plots", []):
         results["privacy_utility"] = privacy_utility(results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
@@ -325,10 +328,18 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
         written.append(_save(fig, out / f"{name}-learning-curve.png", laid_out=True))
     if "privacy_utility" in kinds and results.get("privacy_utility"):
         table = results["privacy_utility"]
-        labels = [r["config"] for r in table]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.errorbar(range(len(table)), [r["mean"] for r in table], yerr=[r["sd"] for r in table], marker="o",
-                    capsize=4, label="mean ± sd over seeds")
+        labels = [f"{r['config']}\n({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})" for r in table]
+        # the line joins one recipe per ε (the YAML's first); a second recipe at some ε stands apart, unjoined
+        first = {}
+        for i, r in enumerate(table):
+            first.setdefault(r["epsilon"], i)
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for group, style in ((sorted(first.values()), {"marker": "o", "label": "mean ± sd over seeds"}),
+                             ([i for i in range(len(table)) if i not in first.values()],
+                              {"marker": "s", "linestyle": "none", "label": "another recipe at that ε"})):
+            if group:
+                ax.errorbar(group, [table[i]["mean"] for i in group], yerr=[table[i]["sd"] for i in group],
+                            capsize=4, **style)
         for i, r in enumerate(table):
             seeds = [x["test"][r["metric"]] for x in trained if _family(x["name"]) == r["config"]]
             ax.scatter([i] * len(seeds), seeds, color="grey", s=12, zorder=3)

@@ -77,6 +77,13 @@ def test_resume_keeps_finished_runs_and_runs_the_rest(tiny_task_model, tmp_path,
     assert again["runs"][0] == saved["runs"][0]  # kept as it was, seconds included
     assert again["runs"][1]["test"] == first["runs"][1]["test"]  # re-run (seeded: same numbers)
     assert json.loads(path.read_text())["complete"] is True
+    # --only a finished run trains nothing (redraws the plots) and keeps the file's state
+    saved["runs"] = again["runs"][:1]
+    path.write_text(json.dumps({**saved, "complete": False}))
+    redrawn = runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets, out=out, adapters=adapters,
+                                    resume=True, only=[saved["runs"][0]["name"]])
+    assert [r["name"] for r in redrawn["runs"]] == [saved["runs"][0]["name"]]
+    assert json.loads(path.read_text())["complete"] is False
     # other settings: nothing is kept
     capsys.readouterr()
     runner.run_experiment("ml100k_preference_shots", tiny=True, sets=sets + ["lr=0.01"], out=out,
