@@ -139,15 +139,13 @@ def run_experiment(name: str, tiny: bool = False, sets: list[str] | None = None,
         print(f"[experiments] {name}/{run_name}: test {row['test']} ({row['seconds']:.0f} s)", flush=True)
         # After every run, so a long experiment that is stopped keeps what it finished (complete: false;
         # an experiment with baselines is complete only once they are in too: --resume then adds them)
-        results["complete"] = len(results["runs"]) == len(spec["runs"]) and not spec.get("baselines")
+        results["complete"] = _complete(results, spec)
         write_json_atomic(out / f"{name}.json", results)
     if spec.get("baselines"):
         results["baselines"] = baselines_on_same_examples(spec, base_cfg, data)
-        results["complete"] = len(results["runs"]) == len(spec["runs"])
+        results["complete"] = _complete(results, spec)
         write_json_atomic(out / f"{name}.json", results)
-    # also when --only ran nothing (a redraw of the plots): the flag describes the file, not this call
-    results["complete"] = len(results["runs"]) == len(spec["runs"]) and (not spec.get("baselines")
-                                                                         or "baselines" in results)
+    results["complete"] = _complete(results, spec)  # also when --only trained nothing (a redraw of the plots)
     if "privacy_utility" in spec.get("plots", []):
         results["privacy_utility"] = privacy_utility(results)
     results["plots"] = plot(name, spec.get("plots", []), results, outputs, out)
@@ -289,6 +287,11 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _complete(results: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether the results file holds every run of the spec, and its baselines if it has any."""
+    return len(results["runs"]) == len(spec["runs"]) and (not spec.get("baselines") or "baselines" in results)
+
+
 def _family(run_name: str) -> str:
     """A run's configuration: its name without a trailing -seedN."""
     import re
@@ -330,12 +333,13 @@ def plot(name: str, kinds: list[str], results: dict[str, Any], outputs: dict[str
         table = results["privacy_utility"]
         labels = [f"{r['config']}\n({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})" for r in table]
         # the line joins one recipe per ε (the YAML's first); a second recipe at some ε stands apart, unjoined
-        first = {}
+        first: dict[Any, int] = {}
         for i, r in enumerate(table):
             first.setdefault(r["epsilon"], i)
+        joined = sorted(first.values())
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for group, style in ((sorted(first.values()), {"marker": "o", "label": "mean ± sd over seeds"}),
-                             ([i for i in range(len(table)) if i not in first.values()],
+        for group, style in ((joined, {"marker": "o", "label": "mean ± sd over seeds"}),
+                             ([i for i in range(len(table)) if i not in joined],
                               {"marker": "s", "linestyle": "none", "label": "another recipe at that ε"})):
             if group:
                 ax.errorbar(group, [table[i]["mean"] for i in group], yerr=[table[i]["sd"] for i in group],
