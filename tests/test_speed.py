@@ -46,6 +46,11 @@ def test_machine_description_names_the_cpu_model(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\n"
                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n")
     assert runtime.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+    # One model name, two speeds: the vector extensions tell the hosts apart
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert runtime.cpu_model(str(info)) == "AMD EPYC [avx2]"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512bw avx512_bf16\n")
+    assert runtime.cpu_model(str(info)) == "AMD EPYC [avx2 avx512f avx512_bf16]"
     info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # e.g. aarch64: no model name line
     monkeypatch.setattr(runtime.platform, "processor", lambda: "")
     assert runtime.cpu_model(str(info)) == runtime.platform.machine()
