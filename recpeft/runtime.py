@@ -50,7 +50,8 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
+                if value.strip():  # an empty "model name" does not hide a later one
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"

@@ -46,6 +46,8 @@ def test_machine_description_names_the_cpu_model(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\n"
                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n")
     assert runtime.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+    info.write_text("processor\t: 0\nmodel name\t:\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert runtime.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
     # One model name, two speeds: the vector extensions tell the hosts apart
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n")
     assert runtime.cpu_model(str(info)) == "AMD EPYC [avx2]"
