@@ -249,8 +249,10 @@ def _split(metrics: dict[str, Any], split: str, base: bool = False) -> dict[str,
 
 def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per configuration (a run's name without -seedN; one per target ε unless a spec tries two DP recipes at
-    one ε, None = non-private): test main metric over the seeds, ε spent, and the time per micro-batch against
-    the non-private run of the same seed on the same CPU model (None where no such pair exists)."""
+    one ε, None = non-private): test main metric over the seeds, ε spent, and the time per optimiser step
+    against the non-private run of the same seed on the same CPU model (None where no such pair exists).
+    Per step, not per micro-batch: a DP step's pieces (--dp-max-physical-batch) vary in size and number with
+    the Poisson batch, while the non-private step is a fixed number of full micro-batches."""
     import statistics
 
     trained = [r for r in results["runs"] if r["kind"] != "zero-shot"]
@@ -264,7 +266,7 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in trained:
         reference = plain.get(r["overrides"].get("seed"))
         if reference and reference["processor"] == r.get("processor"):
-            same_host[r["name"]] = reference["seconds_per_micro_batch"]
+            same_host[r["name"]] = _seconds_per_step(reference)
     families: dict[str, list[dict[str, Any]]] = {}
     for r in trained:
         families.setdefault(_family(r["name"]), []).append(r)
@@ -277,7 +279,7 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
     for family in sorted(families, key=order):
         group = families[family]
         scores = [r["test"][key] for r in group]
-        slower = [r["seconds_per_micro_batch"] / same_host[r["name"]] for r in group if r["name"] in same_host]
+        slower = [_seconds_per_step(r) / same_host[r["name"]] for r in group if r["name"] in same_host]
         rows.append({"config": family, "epsilon": group[0]["overrides"].get("dp_epsilon"), "metric": key,
                      "mean": statistics.fmean(scores),
                      "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "seeds": len(scores),
@@ -285,6 +287,12 @@ def privacy_utility(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "epsilon_spent": [r["privacy"]["epsilon_spent"] for r in group if r.get("privacy")],
                      "step_time_vs_non_private": statistics.fmean(slower) if slower else None})
     return rows
+
+
+def _seconds_per_step(run: dict[str, Any]) -> float:
+    """Mean training seconds per optimiser step: the micro-batches' mean time x their count (one logged
+    loss each) / the steps taken."""
+    return run["seconds_per_micro_batch"] * len(run["losses"]) / run["steps"]
 
 
 def _complete(results: dict[str, Any], spec: dict[str, Any]) -> bool:

@@ -329,25 +329,30 @@ def test_dp_noise_gives_the_sigma_of_the_recorded_run_and_refuses_a_bad_schedule
 
 
 def test_privacy_utility_keeps_two_dp_recipes_at_one_epsilon_apart():
-    def run(name, seed, eps, auc, secs, cpu="Xeon"):
+    def run(name, seed, eps, auc, secs, micro_batches=4, cpu="Xeon"):  # 2 steps each
         return {"name": f"{name}-seed{seed}", "kind": "lora", "test": {"auc": auc, "n": 10},
                 "overrides": {"seed": seed, "dp_epsilon": eps}, "seconds_per_micro_batch": secs,
+                "losses": [0.7] * micro_batches, "steps": 2,
                 "processor": cpu, "privacy": {"epsilon_spent": eps - 0.01} if eps else None}
 
     runs = [run("non-private", 42, None, 0.72, 10.0), run("eps8", 42, 8, 0.68, 12.0),
             run("eps8-b1024", 42, 8, 0.70, 15.0), run("non-private", 43, None, 0.70, 10.0),
-            run("eps8", 43, 8, 0.55, 11.0), run("eps8-b1024", 43, 8, 0.71, 10.0)]
+            run("eps8", 43, 8, 0.55, 11.0), run("eps8-b1024", 43, 8, 0.71, 10.0),
+            # a DP run whose Poisson batches came in 5 smaller pieces: faster per piece, slower per step
+            run("eps3", 42, 3, 0.60, 9.0, micro_batches=5), run("eps3", 43, 3, 0.60, 9.0, cpu="EPYC")]
     table = runner.privacy_utility({"runs": runs})
     assert [(r["config"], r["epsilon"], r["seeds"]) for r in table] == [
-        ("eps8", 8, 2), ("eps8-b1024", 8, 2), ("non-private", None, 2)]
-    assert table[0]["mean"] == pytest.approx(0.615) and table[1]["mean"] == pytest.approx(0.705)
-    assert table[1]["step_time_vs_non_private"] == pytest.approx(1.25)  # (1.5 + 1.0) / 2, each against its seed
-    assert table[1]["epsilon_spent"] == [7.99, 7.99]
+        ("eps3", 3, 2), ("eps8", 8, 2), ("eps8-b1024", 8, 2), ("non-private", None, 2)]
+    assert table[1]["mean"] == pytest.approx(0.615) and table[2]["mean"] == pytest.approx(0.705)
+    assert table[2]["step_time_vs_non_private"] == pytest.approx(1.25)  # (1.5 + 1.0) / 2, each against its seed
+    assert table[2]["epsilon_spent"] == [7.99, 7.99]
+    # per optimiser step (9 s x 5 pieces / 2 steps vs 10 s x 4 / 2), and only against the same CPU's run
+    assert table[0]["step_time_vs_non_private"] == pytest.approx(1.125)
     # A run resumed on another host (or one that did not record its CPU) is not timed against this one's
     runs[5] = run("eps8-b1024", 43, 8, 0.71, 5.0, cpu="EPYC")
     runs[4] = run("eps8", 43, 8, 0.55, 11.0, cpu=None)
     table = runner.privacy_utility({"runs": runs})
-    assert table[1]["step_time_vs_non_private"] == pytest.approx(1.5)
-    assert table[0]["step_time_vs_non_private"] == pytest.approx(1.2)
+    assert table[2]["step_time_vs_non_private"] == pytest.approx(1.5)
+    assert table[1]["step_time_vs_non_private"] == pytest.approx(1.2)
     runs[0] = run("non-private", 42, None, 0.72, 10.0, cpu=None)
     assert runner.privacy_utility({"runs": runs[:3]})[0]["step_time_vs_non_private"] is None
