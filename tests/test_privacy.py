@@ -250,6 +250,28 @@ def test_the_bottleneck_adapter_and_an_8_bit_base_train_privately(method, bits, 
     assert result.metrics["privacy"]["steps"] == 2 and result.metrics["bits"] == bits
 
 
+def test_lora_with_a_frozen_trains_privately_only_b_and_keeps_a_at_its_start(tiny_model, small_news, tmp_path):
+    runs = {}
+    for freeze in (False, True):
+        work = tmp_path / str(freeze)
+        result = train(build_config(**settings(tiny_model, small_news, work, max_steps=3, checkpoint_every=0,
+                                               lora_freeze_a=freeze)), show_progress=False)
+        assert result.metrics["privacy"]["steps"] == 3
+        runs[freeze] = (json.loads((work / "out" / "recpeft.json").read_text())["trainable_parameters"],
+                        adapter(work / "out"))
+    (all_n, plain), (b_n, frozen) = runs[False], runs[True]
+    assert b_n < all_n  # only B is trained (its gradients clipped and noised by opacus)
+    # the same seed starts both at the same A: without the freeze DP's noise moves it, with it A stays put
+    for name, tensor in frozen.items():
+        if "lora_A" in name:
+            assert not torch.equal(tensor, plain[name]), name
+        assert torch.count_nonzero(tensor) > 0, name  # B moved from its zero start
+    train(build_config(**settings(tiny_model, small_news, tmp_path / "start", max_steps=1, checkpoint_every=0,
+                                  lora_freeze_a=True, lr=0.0)), show_progress=False)
+    a_start = {k: v for k, v in adapter(tmp_path / "start" / "out").items() if "lora_A" in k}
+    assert a_start and all(torch.equal(frozen[k], v) for k, v in a_start.items())
+
+
 def test_combining_private_adapters_sums_epsilon_and_refuses_a_non_private_one(tiny_model, small_news, tmp_path):
     from recpeft.serving.merge import combine_adapters
 

@@ -23,8 +23,13 @@ class Lora(Method):
 
     def attach(self, model, cfg: TrainConfig, targets: list[str], total_steps: int = 0):
         o = self.options(cfg)
-        return wrap(model, LoraConfig(r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
-                                      target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+        model = wrap(model, LoraConfig(r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
+                                       target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+        if o.lora_freeze_a:  # saved with the adapter all the same: its random A is part of the update B·A
+            for name, p in model.named_parameters():
+                if ".lora_A." in name:
+                    p.requires_grad_(False)
+        return model
 
     def save(self, model, folder, cfg: TrainConfig | None = None) -> None:
         model.save_pretrained(folder, safe_serialization=True)

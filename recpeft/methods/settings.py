@@ -57,6 +57,11 @@ class LoraSettings(MethodSettings):
     # CPU kernel after the matmuls, and a few hundred steps of a rank-8 adapter rarely overfit.
     lora_dropout: float = setting(0.0, "Dropout on the adapter's input (LoRA, AdaLoRA) or bottleneck (adapter); "
                                   "0 = none.", range=(0.0, 0.99))
+    # LoRA-FA / FFA-LoRA: B starts at 0, so at the start only B gets a gradient; under DP-SGD the noise on
+    # A's numbers is then pure noise (3/4 of LoRA r 1's numbers on SmolLM2's v_proj; docs/privacy.md)
+    lora_freeze_a: bool = setting(False, "LoRA: keep the A matrices at their random start and train only B "
+                                  "(LoRA-FA): half the trainable numbers or fewer, so under --dp-epsilon the same "
+                                  "noise spreads over fewer of them.")
     target_modules: list[str] | None = setting(None, "Comma-separated module names to adapt.",
                                                   flag_default="q_proj,v_proj (per architecture)",
                                                   items="module names")
