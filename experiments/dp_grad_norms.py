@@ -105,15 +105,6 @@ def signal_and_noise(grads: torch.Tensor, clips: list[float], sigma: float, batc
             "population_direction_sq": population_signal(directions), "per_clip": rows}
 
 
-def sigma_for(run) -> tuple[float, float]:
-    """(σ, expected batch) that a DP run of this config gets, as Privacy.attach computes them."""
-    from recpeft.training.privacy import noise_multiplier
-
-    p = run.privacy
-    rate = 1.0 / len(run.train_loader)  # one Poisson batch per step of an epoch: q = 1 / ceil(N / B)
-    return noise_multiplier(p.example_epsilon, p.example_delta, rate, run.total_steps), p.n * rate
-
-
 def measure(cfg, examples: int, clips: list[float]) -> dict:
     from recpeft.errors import UserError
     from recpeft.training.checkpoint import CtrlC
@@ -122,7 +113,9 @@ def measure(cfg, examples: int, clips: list[float]) -> dict:
     if cfg.dp_epsilon is None:
         raise UserError("a run without dp_epsilon has no noise to compare with; name a DP run")
     run = Run(cfg, save=False, show_progress=False, ctrl_c=CtrlC(enabled=False))
-    sigma, batch = sigma_for(run)
+    # the σ and expected batch training gets: Privacy.attach plans them from the same loader and steps
+    sigma = run.privacy.plan(len(run.train_loader), run.total_steps)
+    batch = run.privacy.n * run.privacy.sample_rate
     grads = per_example_gradients(run, examples, cfg.seed)
     return {"epsilon": cfg.dp_epsilon, "sigma": sigma, "expected_batch": batch, "steps": run.total_steps,
             **signal_and_noise(grads, clips, sigma, batch)}

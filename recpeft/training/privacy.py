@@ -238,7 +238,19 @@ class Privacy:
         pad, multiple = run.tok.pad_token_id, pad_multiple(run.accelerator.device.type == "cuda")
         loader = torch.utils.data.DataLoader(PrivateRows(rows), batch_sampler=batches,
                                              collate_fn=lambda b: collate_or_stand_in(b, pad, multiple))
-        self.sample_rate, self.planned_steps = 1.0 / steps_per_epoch, run.total_steps
+        self.plan(steps_per_epoch, run.total_steps)
+        with _quiet():
+            self.engine = PrivacyEngine(accountant=ACCOUNTANT)
+        optimizer = make_private(self.engine, run.model, optimizer, loader, self.noise_multiplier,
+                                 cfg.dp_max_grad_norm, self.n * self.sample_rate)
+        self.optimizer = optimizer
+        return optimizer, loader, batches
+
+    def plan(self, steps_per_epoch: int, total_steps: int) -> float:
+        """Set (and return) the noise multiplier σ for `total_steps` steps of one Poisson batch per step of an
+        epoch: sampling rate q = 1 / steps_per_epoch, as opacus takes it. A target the accountant cannot reach
+        in those steps is a UserError."""
+        self.sample_rate, self.planned_steps = 1.0 / steps_per_epoch, total_steps
         with _quiet():
             try:
                 self.noise_multiplier = noise_multiplier(self.example_epsilon, self.example_delta,
@@ -246,15 +258,11 @@ class Privacy:
             except ValueError as exc:  # opacus: no noise multiplier below its maximum reaches the target
                 per_example = (f" (user-level: example-level ε₀ = {self.example_epsilon:.3g} at δ₀ = "
                                f"{self.example_delta:.3g} for --dp-max-examples-per-user {self.k})" if self.k else "")
-                raise UserError(f"--dp-epsilon {cfg.dp_epsilon:g}{per_example} cannot be reached in "
+                raise UserError(f"--dp-epsilon {self.cfg.dp_epsilon:g}{per_example} cannot be reached in "
                                 f"{self.planned_steps} steps at sampling rate {self.sample_rate:.3g} ({exc}); raise "
                                 "it, train fewer steps" + (" or lower --dp-max-examples-per-user" if self.k else "")
                                 ) from None
-            self.engine = PrivacyEngine(accountant=ACCOUNTANT)
-        optimizer = make_private(self.engine, run.model, optimizer, loader, self.noise_multiplier,
-                                 cfg.dp_max_grad_norm, self.n * self.sample_rate)
-        self.optimizer = optimizer
-        return optimizer, loader, batches
+        return self.noise_multiplier
 
     def before_step(self, batch: dict) -> bool:
         """Tell opacus whether this piece ends its Poisson batch (then it adds the noise and steps; else it
