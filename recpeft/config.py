@@ -293,6 +293,9 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Tra
     if cfg.method == "adalora" and cfg.target_r >= cfg.init_r:
         where = sourced.get("target_r", (None, None))[1]
         raise UserError(f"AdaLoRA prunes ranks: target_r ({cfg.target_r}) must be below init_r ({cfg.init_r})", where)
+    if cfg.lora_freeze_a and cfg.method != "lora":  # AdaLoRA's and the adapter's matrices have no frozen-A variant
+        raise UserError(f"lora_freeze_a freezes LoRA's A matrices; --method {cfg.method} has none",
+                        sourced.get("lora_freeze_a", (None, None))[1])
     if cfg.critique_share and cfg.task != "ranking":
         where = sourced.get("critique_share", (None, None))[1]
         raise UserError(f"critique_share trains the ranking task's prompts (chat sessions), not {cfg.task}", where)

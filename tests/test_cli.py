@@ -147,6 +147,15 @@ def test_adalora_target_rank_must_be_below_init_rank(tmp_path):
     assert out.returncode == 2 and "target_r (16) must be below init_r (12)" in out.stderr
 
 
+@pytest.mark.parametrize("method", ["adalora", "adapter"])
+def test_freezing_lora_a_is_refused_for_a_method_without_it(method, tmp_path):
+    (tmp_path / "run.yaml").write_text(f"method: {method}\nlora_freeze_a: true\n")
+    out = run_cli("train", "--config", "run.yaml", cwd=tmp_path, env_home=tmp_path / "home")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"lora_freeze_a freezes LoRA's A matrices; --method {method} has none" in out.stderr
+    assert "run.yaml:2" in out.stderr
+
+
 def test_yaml_float_without_a_dot_is_a_number():
     from recpeft.config import build_config
 

@@ -59,7 +59,7 @@ class LoraSettings(MethodSettings):
                                   "0 = none.", range=(0.0, 0.99))
     # LoRA-FA / FFA-LoRA: B starts at 0, so at the start only B gets a gradient; under DP-SGD the noise on
     # A's numbers is then pure noise (3/4 of LoRA r 1's numbers on SmolLM2's v_proj; docs/privacy.md)
-    lora_freeze_a: bool = setting(False, "LoRA: keep the A matrices at their random start and train only B "
+    lora_freeze_a: bool = setting(False, "LoRA only: keep the A matrices at their random start and train only B "
                                   "(LoRA-FA): half the trainable numbers or fewer, so under --dp-epsilon the same "
                                   "noise spreads over fewer of them.")
     target_modules: list[str] | None = setting(None, "Comma-separated module names to adapt.",
