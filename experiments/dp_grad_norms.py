@@ -15,6 +15,8 @@ at a time (a batch of one: each gradient is that example's own, no padding), and
   adapter's trainable numbers; B the expected batch), and their ratio: below 1, a step is mostly noise;
 - the same for the numbers that get any gradient at the start (a LoRA's B matrices: its A matrices get
   none while B is zero), and the fraction of d they are;
+- for a Yes/No task, the step's direction split into the answer prior's and the ranking's, and the
+  ranking's own per-step signal/noise (answer_directions);
 - the population signal: |E g|² over all training examples, estimated without the sample mean's bias
   (± a jackknife standard error). A mean of n disagreeing gradients has norm ~1/√n of theirs even when
   they share no direction at all; that part is sampling noise, not a direction SGD can follow.
@@ -45,22 +47,58 @@ from recpeft.config import build_config  # noqa: E402
 from recpeft.runtime import describe_machine  # noqa: E402
 
 
-def per_example_gradients(run, examples: int, seed: int) -> torch.Tensor:
+def per_example_gradients(run, examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(examples, d): the flattened gradient of the adapter's trainable numbers for each of `examples`
-    training rows, drawn with a seeded generator, each backpropagated alone."""
+    training rows, drawn with a seeded generator, each backpropagated alone; with each row's label and
+    loss."""
     from recpeft.tasks.batches import collate
 
     rows = random.Random(seed).sample(run.train_rows, min(examples, len(run.train_rows)))
     model, params = run.model, run.trainable
     model.train()
-    out = []
+    out, losses = [], []
     for row in rows:
         model.zero_grad(set_to_none=True)
-        run.task.loss(model, collate([row], run.tok.pad_token_id)).backward()
+        loss = run.task.loss(model, collate([row], run.tok.pad_token_id))
+        loss.backward()
+        losses.append(float(loss.detach()))
         out.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float()
                               for p in params]))
     model.zero_grad(set_to_none=True)
-    return torch.stack(out)
+    return torch.stack(out), torch.tensor([r.label for r in rows]), torch.tensor(losses)
+
+
+def answer_directions(grads: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, clips: list[float],
+                      sigma: float, batch: float) -> dict:
+    """Where the clipped mean gradient points, for a two-answer task (Yes/No): towards a prior shift or
+    towards ranking.
+
+    With a 2-way cross-entropy an example's gradient is (p - y)·∇z, z the answer logits' margin (label 1
+    minus label 0) and p = P(label 1) = exp(-loss) or 1 - exp(-loss). So ∇z = g / (p - y). Two directions:
+    - the prior's, u = mean ∇z: it moves every example's margin the same way (calibration, not AUC);
+    - the ranking's, r = mean ∇z over label-1 examples minus over label-0 ones: to first order a step Δ
+      raises the mean margin of a (like, dislike) pair by Δ·r, which is what AUC counts.
+    Per C, the step -m (m the mean clipped gradient): its cosine with u and with r, and its push along r̂
+    against the noise's push along it, (-m·r̂) / (σ·C/B). The noise's projection on any unit vector has
+    standard deviation σ·C/B, so this is the per-step signal/noise of the ranking itself; under Adam with
+    noise-dominated coordinates the update's projection keeps about 0.8 of it (E sign(m_j + n_j) ≈ 0.8·m_j/s)."""
+    y = labels.float()
+    p_true = torch.exp(-losses.double()).float()
+    p = torch.where(labels == 1, p_true, 1 - p_true)
+    dz = grads / (p - y)[:, None]
+    u, r = dz.mean(dim=0), dz[labels == 1].mean(dim=0) - dz[labels == 0].mean(dim=0)
+    norms = grads.norm(dim=1)
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+    rows = []
+    for clip in clips:
+        step = -(grads * (clip / norms.clamp_min(1e-30)).clamp(max=1.0)[:, None]).mean(dim=0)
+        rows.append({"clip": clip, "step_cos_prior": cos(step, u), "step_cos_ranking": cos(step, r),
+                     "ranking_signal_over_noise": float(step @ r / r.norm().clamp_min(1e-30)) / (sigma * clip / batch)})
+    return {"label1_rate": float(y.mean()), "mean_p_label1": float(p.mean()), "prior_cos_ranking": cos(u, r),
+            "per_clip": rows}
 
 
 def population_signal(x: torch.Tensor) -> tuple[float, float]:
@@ -116,9 +154,12 @@ def measure(cfg, examples: int, clips: list[float]) -> dict:
     # the σ and expected batch training gets: Privacy.attach plans them from the same loader and steps
     sigma = run.privacy.plan(len(run.train_loader), run.total_steps)
     batch = run.privacy.n * run.privacy.sample_rate
-    grads = per_example_gradients(run, examples, cfg.seed)
-    return {"epsilon": cfg.dp_epsilon, "sigma": sigma, "expected_batch": batch, "steps": run.total_steps,
-            **signal_and_noise(grads, clips, sigma, batch)}
+    grads, labels, losses = per_example_gradients(run, examples, cfg.seed)
+    row = {"epsilon": cfg.dp_epsilon, "sigma": sigma, "expected_batch": batch, "steps": run.total_steps,
+           **signal_and_noise(grads, clips, sigma, batch)}
+    if len(getattr(run.task, "answers", ())) == 2 and set(labels.tolist()) == {0, 1}:
+        row["answer"] = answer_directions(grads, labels, losses, clips, sigma, batch)
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -152,6 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
               + ", ".join(f"C {r['clip']:g}: {r['signal_over_noise']:.3f} ({r['population_signal_over_noise']:.3f})"
                           for r in row["per_clip"])
               + f" (best C {best['clip']:g})", flush=True)
+        if "answer" in row:
+            a = row["answer"]
+            print(f"  label-1 rate {a['label1_rate']:.3f}, mean P(label 1) {a['mean_p_label1']:.3f}, cos(prior, "
+                  f"ranking) {a['prior_cos_ranking']:.3f}; step's cos with prior / ranking, ranking signal/noise: "
+                  + ", ".join(f"C {r['clip']:g}: {r['step_cos_prior']:.3f} / {r['step_cos_ranking']:.3f}, "
+                              f"{r['ranking_signal_over_noise']:.3f}" for r in a["per_clip"]), flush=True)
     ratios = {c: statistics.fmean(r["per_clip"][i]["signal_over_noise"] for r in results["runs"].values())
               for i, c in enumerate(args.clip)}
     results["mean_signal_over_noise"] = ratios

@@ -32,6 +32,22 @@ def test_signal_and_noise_match_a_hand_computed_case():
     assert tight["population_signal_sq"] == pytest.approx(0.0) and loose["population_signal_sq"] == pytest.approx(0.0)
 
 
+def test_answer_directions_split_the_step_into_the_prior_and_the_ranking():
+    # a like and a dislike, both at P(Yes) 0.8: the model says Yes too often; their margins' gradients differ
+    dz = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels, p = torch.tensor([1, 0]), torch.tensor([0.8, 0.8])
+    grads = (p - labels.float())[:, None] * dz  # the 2-way cross-entropy's gradient, (p - y)·∇z
+    losses = -torch.log(torch.tensor([0.8, 0.2]))
+    out = dp_grad_norms.answer_directions(grads, labels, losses, [10.0], sigma=2.0, batch=4.0)
+    assert out["label1_rate"] == 0.5 and out["mean_p_label1"] == pytest.approx(0.8)
+    # prior u = (0.5, 0.5, 0) and ranking r = (1, -1, 0) are orthogonal here
+    assert out["prior_cos_ranking"] == pytest.approx(0.0, abs=1e-6)
+    (row,) = out["per_clip"]  # C 10 clips nothing: the step is -(mean gradient) = (0.1, -0.4, 0)
+    assert row["step_cos_prior"] == pytest.approx(-0.15 / (math.sqrt(0.17) * math.sqrt(0.5)))  # lowers P(Yes)
+    assert row["step_cos_ranking"] == pytest.approx(0.5 / (math.sqrt(0.17) * math.sqrt(2)))  # and ranks
+    assert row["ranking_signal_over_noise"] == pytest.approx(0.5 / math.sqrt(2) / (2.0 * 10.0 / 4.0))
+
+
 def test_population_signal_removes_the_sample_means_bias():
     same = torch.tensor([[1.0, 0.0]] * 3)  # three equal gradients: |E g|² = 1, no spread
     assert dp_grad_norms.population_signal(same) == pytest.approx((1.0, 0.0))
@@ -47,12 +63,20 @@ def test_population_signal_removes_the_sample_means_bias():
 
 def test_measures_the_runs_as_they_train_and_refuses_a_non_private_one(tiny_task_model, tmp_path):
     args = ["ml100k_dp_large", "--tiny", "--set", f"model={tiny_task_model}", "--set", "threads=1",
-            "--runs", "eps8-seed42", "eps1-seed42", "--examples", "4", "--clip", "0.01", "1", "--out", str(tmp_path)]
+            "--runs", "eps8-seed42", "eps1-seed42", "--examples", "8", "--clip", "0.01", "1", "--out", str(tmp_path)]
     results = dp_grad_norms.main(args)
     saved = json.loads((tmp_path / "tiny" / "dp_grad_norms.json").read_text())
     assert saved["runs"].keys() == {"eps8-seed42", "eps1-seed42"} == results["runs"].keys()
     eps8, eps1 = saved["runs"]["eps8-seed42"], saved["runs"]["eps1-seed42"]
-    assert eps1["sigma"] > eps8["sigma"] > 0 and eps8["examples"] == 4
+    assert eps1["sigma"] > eps8["sigma"] > 0 and eps8["examples"] == 8
+    # a Yes/No task: the step split into the prior's and the ranking's directions, for every C
+    answer = eps8["answer"]
+    assert 0 < answer["label1_rate"] < 1 and 0 < answer["mean_p_label1"] < 1
+    assert [r["clip"] for r in answer["per_clip"]] == [0.01, 1.0]
+    assert all(-1 <= r["step_cos_prior"] <= 1 and -1 <= r["step_cos_ranking"] <= 1 for r in answer["per_clip"])
+    # the same gradients under more noise: the ranking's own signal/noise falls by σ's ratio
+    assert (eps1["answer"]["per_clip"][1]["ranking_signal_over_noise"] * eps1["sigma"]
+            == pytest.approx(answer["per_clip"][1]["ranking_signal_over_noise"] * eps8["sigma"], rel=1e-4))
     q = eps8["grad_norm_quantiles"]
     assert 0 < q["p10"] <= q["p50"] <= q["p90"]
     # LoRA starts with B = 0: its A matrices get no gradient, so fewer numbers are live than trained
