@@ -68,6 +68,11 @@ def per_example_gradients(run, examples: int, seed: int) -> tuple[torch.Tensor, 
     return torch.stack(out), torch.tensor([r.label for r in rows]), torch.tensor(losses)
 
 
+def clip_each(grads: torch.Tensor, norms: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each per-example gradient scaled down to norm at most `clip`, as DP-SGD clips it before the noisy sum."""
+    return grads * (clip / norms.clamp_min(1e-30)).clamp(max=1.0)[:, None]
+
+
 def answer_directions(grads: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, clips: list[float],
                       sigma: float, batch: float) -> dict:
     """Where the clipped mean gradient points, for a two-answer task (Yes/No): towards a prior shift or
@@ -94,7 +99,7 @@ def answer_directions(grads: torch.Tensor, labels: torch.Tensor, losses: torch.T
 
     rows = []
     for clip in clips:
-        step = -(grads * (clip / norms.clamp_min(1e-30)).clamp(max=1.0)[:, None]).mean(dim=0)
+        step = -clip_each(grads, norms, clip).mean(dim=0)
         rows.append({"clip": clip, "step_cos_prior": cos(step, u), "step_cos_ranking": cos(step, r),
                      "ranking_signal_over_noise": float(step @ r / r.norm().clamp_min(1e-30)) / (sigma * clip / batch)})
     return {"label1_rate": float(y.mean()), "mean_p_label1": float(p.mean()), "prior_cos_ranking": cos(u, r),
@@ -125,7 +130,7 @@ def signal_and_noise(grads: torch.Tensor, clips: list[float], sigma: float, batc
     directions = grads / norms.clamp_min(1e-30)[:, None]
     rows = []
     for clip in clips:
-        clipped = grads * (clip / norms.clamp_min(1e-30)).clamp(max=1.0)[:, None]
+        clipped = clip_each(grads, norms, clip)
         mean = clipped.mean(dim=0)
         noise, noise_live = sigma * clip * math.sqrt(d) / batch, sigma * clip * math.sqrt(d_live) / batch
         pop, pop_se = population_signal(clipped)
